@@ -1,0 +1,5 @@
+"""The `synthcl` command line: a thin Typer layer over the library's functions."""
+
+from synthcl.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,134 @@
+"""Typer commands: train, eval, recipes. Each parses its arguments and calls one library function.
+
+User errors (:class:`~synthcl.errors.SynthclError`) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from synthcl.errors import SynthclError
+
+app = typer.Typer(
+    name="synthcl",
+    help="Contrastive self-supervised learning with generators trained jointly with the learner.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def load_code(paths: list[Path]) -> None:
+    """Import user Python files so the components they register become available by name."""
+    for path in paths:
+        if not path.is_file():
+            _fail(f"--code file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"synthcl_user_code_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+
+
+CodeOption = Annotated[
+    Optional[list[Path]],
+    typer.Option("--code", help="A Python file that registers your own components (repeatable)."),
+]
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="A recipe file, or the name of a bundled recipe.")],
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="Dotted overrides such as optim.lr=0.1 data.fraction=0.5.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<recipe>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    code: CodeOption = None,
+) -> None:
+    """Train a learner from a recipe; writes a run directory."""
+    from synthcl.training import train as run_training
+
+    load_code(code or [])
+    run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [])
+    typer.echo(f"run written to {run_dir}")
+
+
+class ProtocolChoice(str, Enum):
+    linear = "linear"
+    knn = "knn"
+    all = "all"
+
+
+class InitChoice(str, Enum):
+    trained = "trained"
+    random = "random"
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `synthcl train`.")],
+    protocol: Annotated[ProtocolChoice, typer.Option(help="linear probe, kNN, or both.")] = ProtocolChoice.all,
+    init: Annotated[
+        InitChoice, typer.Option(help="Probe the trained backbone, or a randomly initialised copy (baseline).")
+    ] = InitChoice.trained,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
+    code: CodeOption = None,
+) -> None:
+    """Probe a run's frozen backbone: linear classifier and kNN on the full labelled data."""
+    from synthcl.eval import evaluate_run
+
+    load_code(code or [])
+    result = evaluate_run(run_dir, protocol.value, init=init.value, quiet=quiet)
+    label = "" if init is InitChoice.trained else f" ({init.value} init)"
+    if "linear_top1" in result:
+        typer.echo(f"linear probe top-1{label}: {result['linear_top1']:.2f}%")
+    if "knn_top1" in result:
+        typer.echo(f"kNN top-1{label}: {result['knn_top1']:.2f}%")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the bundled recipes with their descriptions."""
+    from synthcl.config import bundled_recipes, read_yaml
+
+    for name, path in bundled_recipes().items():
+        description = read_yaml(path).get("description", "")
+        typer.echo(f"{name:28s} {description}")
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="A bundled recipe name or a recipe file.")]) -> None:
+    """Print a recipe file as written."""
+    from synthcl.config import find_recipe
+
+    typer.echo(find_recipe(name).read_text(), nl=False)
+
+
+def main() -> None:
+    """Entry point of the `synthcl` console script."""
+    try:
+        app()
+    except SynthclError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

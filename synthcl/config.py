@@ -1,0 +1,429 @@
+"""Recipe schema (dataclasses), YAML loading, dotted overrides and validation.
+
+A recipe is YAML validated into :class:`Recipe`. Every field has its default here and nowhere else.
+Unknown keys, values of the wrong type and unknown registry names fail before any work is done, with a
+:class:`~synthcl.errors.ConfigError` that names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from synthcl.errors import ConfigError, RegistryError, suggest
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    """Registry name of the training dataset (`synthcl.data`): fashion-mnist, cifar10, shapes, ..."""
+    root: str | None = None
+    """Where the data lives; None searches $SYNTHCL_DATA and the system locations."""
+    fraction: float = 1.0
+    """Seeded fraction of the training images used for pretraining, in (0, 1]."""
+    fraction_seed: int = 0
+    """Seed of the subset, kept apart from train.seed so that every run sees the same images."""
+    image_size: int | None = None
+    """Resize images to this size (None: the dataset's native size)."""
+    channels: int | None = None
+    """Convert images to 1 or 3 channels (None: the dataset's own)."""
+    download: bool = False
+    """Allow torchvision to download the dataset when it is not found locally."""
+    num_workers: int = 2
+    """CPU workers that decode folder datasets (in-memory datasets need none)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Dataset-specific options (e.g. `n` for shapes, `classes` for imagenet100)."""
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    """Area range of the random resized crop."""
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    """Aspect-ratio range of the random resized crop."""
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    gray_p: float = 0.2
+    blur_p: list[float] = field(default_factory=lambda: [0.0])
+    """Gaussian-blur probability per view (cycled): BYOL uses [1.0, 0.1]."""
+    solarize_p: list[float] = field(default_factory=lambda: [0.0])
+    """Solarization probability per view (cycled): BYOL uses [0.0, 0.2]."""
+    views: int = 2
+    """Views per real image."""
+
+
+@dataclass
+class ModelConfig:
+    learner: str = "simclr"
+    """Registry name of the learner: simclr, mocov2, byol."""
+    backbone: str = "small-cnn"
+    """Registry name of the backbone: small-cnn, resnet18, resnet50."""
+    cifar_stem: bool = False
+    """ResNets: 3x3 stride-1 first convolution and no max-pool, for 32-px images."""
+    width: int = 32
+    """small-cnn: channels of the first stage (doubled at each of the next two)."""
+    norm: Literal["batch", "group", "none"] = "batch"
+    """Normalisation layers of the backbone."""
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 128
+    pred_hidden_dim: int = 4096
+    """BYOL: hidden width of the predictor."""
+    temperature: float = 0.2
+    """SimCLR and MoCo: softmax temperature."""
+    queue_size: int = 32768
+    """MoCo: number of negative keys kept from earlier batches."""
+    momentum: float = 0.99
+    """MoCo and BYOL: starting momentum of the target encoder (cosine schedule to momentum_final)."""
+    momentum_final: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = 0.3
+    """Peak learning rate (not rescaled by batch size)."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    trust_coefficient: float = 0.02
+    """LARS: eta of the layer-wise trust ratio."""
+    exclude_bias_and_norm: bool = True
+    """Biases and normalisation weights get no weight decay and no LARS adaptation."""
+    warmup_epochs: float = 10.0
+    """Linear warm-up length, then cosine decay to min_lr."""
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 256
+    """Global batch of real images (split across processes)."""
+    epochs: float = 100.0
+    max_steps: int | None = None
+    """Stop after this many steps (the schedule still spans `epochs`); for smoke tests."""
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    """Mixed precision, handled by Accelerate."""
+    cpu: bool = False
+    """Force the CPU even where a GPU is present."""
+    channels_last: bool = False
+    log_every: int = 50
+    """Steps between metric rows (and NaN checks)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (`checkpoints/last`)."""
+
+
+@dataclass
+class EvalConfig:
+    linear_epochs: int = 100
+    linear_lr: float = 0.01
+    linear_batch_size: int = 1024
+    linear_weight_decay: float = 1e-5
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    batch_size: int = 512
+    """Batch size for feature extraction."""
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Typed conversion of plain YAML data into the dataclasses.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, list copy)."""
+    origin = typing.get_origin(tp)
+    wrong = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise wrong
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = [str(a) for a in typing.get_args(tp)]
+            raise ConfigError(
+                f"{key}: {value!r} is not one of {', '.join(choices)}{suggest(str(value), choices)}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in the schema, not user input
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            valid = [prefix + n for n in names]
+            raise ConfigError(
+                f"unknown recipe key '{prefix}{key}'{suggest(prefix + str(key), valid)} "
+                f"(valid keys here: {', '.join(names)})"
+            )
+        kwargs[key] = _convert(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Validate a plain mapping (as loaded from YAML) into a :class:`Recipe`.
+
+    Raises:
+        ConfigError: on unknown keys, wrong types or invalid values, naming the key.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
+    recipe = _build(Recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(recipe)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(recipe: Recipe) -> None:
+    """Value checks that types cannot express, and registry names.
+
+    Raises:
+        ConfigError: naming the key and the allowed range or choices.
+    """
+    from synthcl import registry  # late: registering the built-ins imports torch modules
+
+    registry.load_builtins()
+    d, a, m, o, t, e = recipe.data, recipe.augment, recipe.model, recipe.optim, recipe.train, recipe.eval
+    _check(0.0 < d.fraction <= 1.0, f"data.fraction must be in (0, 1], got {d.fraction}")
+    _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _check(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
+    _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    for name, pair in (("augment.crop_scale", a.crop_scale), ("augment.crop_ratio", a.crop_ratio)):
+        _check(
+            len(pair) == 2 and 0 < pair[0] <= pair[1],
+            f"{name} must be [low, high] with 0 < low <= high, got {pair}",
+        )
+    _check(a.crop_scale[1] <= 1.0, f"augment.crop_scale must not exceed 1, got {a.crop_scale}")
+    for name in ("flip_p", "jitter_p", "gray_p"):
+        value = getattr(a, name)
+        _check(0.0 <= value <= 1.0, f"augment.{name} must be in [0, 1], got {value}")
+    for name in ("blur_p", "solarize_p"):
+        values = getattr(a, name)
+        _check(
+            len(values) >= 1 and all(0.0 <= v <= 1.0 for v in values),
+            f"augment.{name} must be a non-empty list of probabilities in [0, 1], got {values}",
+        )
+    _check(a.views >= 2, f"augment.views must be >= 2 (positives need two views), got {a.views}")
+    _check(m.temperature > 0, f"model.temperature must be > 0, got {m.temperature}")
+    _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
+    _check(0.0 <= m.momentum <= m.momentum_final <= 1.0,
+           f"model.momentum and model.momentum_final must satisfy 0 <= momentum <= momentum_final <= 1, "
+           f"got {m.momentum} and {m.momentum_final}")
+    _check(m.queue_size >= 1, f"model.queue_size must be >= 1, got {m.queue_size}")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(len(o.betas) == 2, f"optim.betas must be [beta1, beta2], got {o.betas}")
+    _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0, got {o.grad_clip}")
+    _check(t.batch_size >= 2, f"train.batch_size must be >= 2, got {t.batch_size}")
+    _check(t.epochs > 0, f"train.epochs must be > 0, got {t.epochs}")
+    _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
+    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    _check(e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}")
+    _check(e.linear_epochs >= 1, f"eval.linear_epochs must be >= 1, got {e.linear_epochs}")
+    for key, reg, name in (
+        ("data.dataset", registry.DATASETS, d.dataset),
+        ("model.learner", registry.LEARNERS, m.learner),
+        ("model.backbone", registry.BACKBONES, m.backbone),
+    ):
+        try:
+            reg.get(name)
+        except RegistryError as err:
+            raise ConfigError(f"{key}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files, bundled recipes and overrides.
+
+
+def recipes_dir() -> Path:
+    """The folder of bundled recipes (the repository's `recipes/`, or the copy inside a wheel)."""
+    source_tree = Path(__file__).resolve().parents[1] / "recipes"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(__file__).resolve().parent / "_recipes"
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Bundled recipe names -> files."""
+    folder = recipes_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file from a path or the name of a bundled recipe.
+
+    Raises:
+        ConfigError: if neither exists, listing the bundled names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)]
+    raise ConfigError(
+        f"no recipe file or bundled recipe named '{name_or_path}'{suggest(str(name_or_path), bundled)} "
+        f"(bundled: {', '.join(bundled) or 'none'})"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` -> ``(["optim", "lr"], 0.1)``; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: if there is no ``=`` or the key is empty.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=0.1)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a recipe mapping (returns a new mapping; validation happens later)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``.
+
+    Raises:
+        ConfigError: on unreadable files or invalid YAML, naming the file and line.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
+    return data if data is not None else {}
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, override and validate a recipe.
+
+    Args:
+        name_or_path: a YAML file, or the name of a bundled recipe (``synthcl recipes list``).
+        overrides: dotted assignments such as ``"optim.lr=0.1"``.
+
+    Raises:
+        ConfigError: on anything invalid, naming the key.
+    """
+    path = find_recipe(name_or_path)
+    data = apply_overrides(read_yaml(path), list(overrides))
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML text (every field, defaults included)."""
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

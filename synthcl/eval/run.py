@@ -1,0 +1,105 @@
+"""`synthcl eval`: probe the backbone of a finished run (or a randomly initialised copy of it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import nn
+
+from synthcl.config import recipe_from_dict
+from synthcl.data import load_dataset
+from synthcl.errors import ConfigError, RunDirError
+from synthcl.eval.probes import extract_features, knn_accuracy, linear_probe
+from synthcl.io import atomic_write_json
+from synthcl.nn.backbones import build_backbone
+from synthcl.training.checkpoint import LAST, load_weights
+from synthcl.training.loop import RECIPE_FILE, is_run_dir
+
+Protocol = Literal["linear", "knn", "all"]
+
+
+def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's backbone and load its weights (``init="random"``: same seed, no weights).
+
+    Uses the final export (``backbone.json``/``backbone.safetensors``), or the ``last`` checkpoint of a
+    run that has not finished.
+
+    Raises:
+        RunDirError: if ``run_dir`` is not a run, or has no weights yet.
+        CheckpointError: if the weights are truncated, corrupt, or from another architecture.
+    """
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE}); pass the --out of a train run")
+    export = run_dir / "backbone.json"
+    checkpoint = run_dir / "checkpoints" / LAST
+    if export.is_file():
+        info = json.loads(export.read_text())
+        weights, prefix = run_dir / "backbone.safetensors", ""
+    elif (checkpoint / "meta.json").is_file():
+        info = json.loads((checkpoint / "meta.json").read_text())
+        weights, prefix = checkpoint / "weights.safetensors", "backbone."
+    else:
+        raise RunDirError(f"run {run_dir} has no checkpoint yet; train it further or resume it")
+    torch.manual_seed(0)
+    backbone = build_backbone(info["backbone"], info["in_channels"], **info["options"])
+    if init == "random":
+        return backbone, info
+    load_weights(backbone, weights, prefix)
+    return backbone, info
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    protocol: Protocol = "all",
+    *,
+    init: Literal["trained", "random"] = "trained",
+    quiet: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Probe a run's frozen backbone on its dataset's full labelled train and test sets.
+
+    Args:
+        run_dir: a directory written by ``synthcl train``.
+        protocol: "linear", "knn" or "all" (both).
+        init: "trained" (the run's weights) or "random" (a randomly initialised copy: the baseline).
+
+    Returns:
+        A dict with ``linear_top1`` and/or ``knn_top1`` (percent) and the settings; also written to
+        ``eval.json`` (or ``eval-random.json``) in the run directory.
+    """
+    run_dir = Path(run_dir)
+    backbone, info = load_run_backbone(run_dir, init)
+    try:
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
+    except ConfigError as err:
+        raise RunDirError(f"{run_dir / RECIPE_FILE} is not a valid recipe: {err}") from None
+    d, e = recipe.data, recipe.eval
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not recipe.train.cpu else "cpu"))
+    backbone.to(dev)
+    kwargs = dict(root=d.root, image_size=d.image_size, channels=d.channels, download=d.download,
+                  num_workers=d.num_workers, options=d.options)
+    start = time.perf_counter()
+    train_set, test_set = load_dataset(d.dataset, "train", **kwargs), load_dataset(d.dataset, "test", **kwargs)
+    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
+    if not quiet:
+        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
+    x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
+    x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "dataset": d.dataset,
+                              "train_images": len(train_set), "test_images": len(test_set)}
+    if protocol in ("linear", "all"):
+        result["linear_top1"] = linear_probe(
+            x_train, y_train, x_test, y_test, epochs=e.linear_epochs, lr=e.linear_lr,
+            batch_size=e.linear_batch_size, weight_decay=e.linear_weight_decay,
+        )
+    if protocol in ("knn", "all"):
+        result["knn_top1"] = knn_accuracy(x_train, y_train, x_test, y_test, k=e.knn_k, temperature=e.knn_temperature)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_json(run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json"), result)
+    return result

@@ -1,0 +1,103 @@
+"""Open, named registries for learners, generators, datasets and backbones.
+
+A registry maps a name used in recipes to a factory (a class or a function). Third-party packages add
+names through entry points (group ``synthcl.<kind>``, e.g. ``synthcl.generators``); they are loaded
+lazily, the first time a name is looked up or listed, so a recipe that never names a diffusion model
+never imports diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from synthcl.errors import RegistryError, suggest
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> factory mapping with entry-point discovery.
+
+    Args:
+        kind: what the registry holds, plural ("learners"); also names the entry-point group
+            ``synthcl.<kind>``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.group = f"synthcl.{kind}"
+        self._items: dict[str, T] = {}
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
+
+    def register(self, name: str, obj: T | None = None, *, override: bool = False) -> Any:
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted.
+
+        Raises:
+            ValueError: if ``name`` is taken and ``override`` is False.
+        """
+
+        def add(item: T) -> T:
+            if name in self._items and self._items[name] is not item and not override:
+                raise ValueError(f"{self.kind[:-1]} '{name}' is already registered")
+            self._items[name] = item
+            return item
+
+        return add if obj is None else add(obj)
+
+    def _discover(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self._entry_points is None:
+            found = importlib.metadata.entry_points(group=self.group)
+            self._entry_points = {ep.name: ep for ep in found}
+        return self._entry_points
+
+    def get(self, name: str) -> T:
+        """The factory registered as ``name``.
+
+        Raises:
+            RegistryError: naming the valid choices and the closest match.
+        """
+        if name not in self._items:
+            entry_point = self._discover().get(name)
+            if entry_point is not None:
+                # Loading the module normally registers the name itself (decorator); if the entry point
+                # names the object directly, register that.
+                loaded = entry_point.load()
+                if name not in self._items:
+                    self._items[name] = loaded
+        if name not in self._items:
+            names = self.names()
+            raise RegistryError(
+                f"unknown {self.kind[:-1]} '{name}'{suggest(name, names)} "
+                f"(valid: {', '.join(names) or 'none registered'})"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        """All registered and discoverable names, sorted."""
+        return sorted(set(self._items) | set(self._discover()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Look up ``name`` and call its factory."""
+        factory: Callable[..., Any] = self.get(name)  # type: ignore[assignment]
+        return factory(*args, **kwargs)
+
+
+LEARNERS: Registry[Any] = Registry("learners")
+GENERATORS: Registry[Any] = Registry("generators")
+DATASETS: Registry[Any] = Registry("datasets")
+BACKBONES: Registry[Any] = Registry("backbones")
+
+
+def load_builtins() -> None:
+    """Import the modules that register synthcl's own learners, backbones and datasets."""
+    import synthcl.data  # noqa: F401
+    import synthcl.learners  # noqa: F401
+    import synthcl.nn.backbones  # noqa: F401

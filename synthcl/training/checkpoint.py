@@ -1,0 +1,140 @@
+"""Checkpoints: safetensors weights + a weights-only training state, written atomically.
+
+Layout inside a run directory::
+
+    checkpoints/last/weights.safetensors   learner state (momentum encoders and queues included)
+    checkpoints/last/state.pt              optimizer, scheduler, step (torch.load(weights_only=True))
+    checkpoints/last/meta.json             step, epoch, names
+    backbone.safetensors + backbone.json   the final backbone export, read by `synthcl eval`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from synthcl.errors import CheckpointError
+from synthcl.io import atomic_write, atomic_write_json
+
+LAST = "last"
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; clone keeps it simple and exact.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``module.state_dict()`` to a safetensors file atomically."""
+    tensors = _tensors(module)
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file.
+
+    Raises:
+        CheckpointError: if it is missing, truncated or corrupt.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+
+
+def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
+    """Load a safetensors file into ``module``, strictly.
+
+    Args:
+        prefix: load only the tensors whose names start with it, stripped (e.g. "backbone.").
+
+    Raises:
+        CheckpointError: if the file is damaged or was written by another architecture.
+    """
+    state = read_weights(path)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            k = reshaped[0]
+            details.append(
+                f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} was written by another architecture: {'; '.join(details)} tensors"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    learner: nn.Module,
+    training_state: dict[str, Any],
+    meta: dict[str, Any],
+    name: str = LAST,
+) -> Path:
+    """Write ``checkpoints/<name>`` as a whole: a crash leaves the previous checkpoint intact.
+
+    The new checkpoint is assembled in a temporary folder and swapped in with renames.
+    """
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
+    try:
+        save_file(_tensors(learner), str(tmp / "weights.safetensors"))
+        torch.save(training_state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        target, old = folder / name, folder / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / name
+
+
+def load_checkpoint(path: Path, learner: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load learner weights from a checkpoint folder; return (training_state, meta).
+
+    Raises:
+        CheckpointError: if the folder is incomplete, damaged or from another architecture.
+    """
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    load_weights(learner, path / "weights.safetensors")
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((path / "meta.json").read_text())
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+    return state, meta
+
+
+def export_backbone(run_dir: Path, backbone: nn.Module, info: dict[str, Any]) -> None:
+    """Write the final backbone (``backbone.safetensors``) and how to rebuild it (``backbone.json``)."""
+    save_weights(backbone, run_dir / "backbone.safetensors")
+    atomic_write_json(run_dir / "backbone.json", info)

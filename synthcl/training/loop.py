@@ -1,0 +1,418 @@
+"""The training loop: ``train(recipe) -> run_dir``, written as numbered steps (see METHOD.md)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import synthcl
+from synthcl.augment import ViewAugment
+from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from synthcl.data import ImageSource, load_dataset, take_fraction
+from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
+from synthcl.interfaces import ContrastiveLearner
+from synthcl.io import atomic_write_json, atomic_write_text
+from synthcl.nn.backbones import build_backbone
+from synthcl.progress import ProgressBar
+from synthcl.registry import LEARNERS
+from synthcl.training.checkpoint import LAST, export_backbone, load_checkpoint, save_checkpoint
+from synthcl.training.optim import build_optimizer, build_scheduler
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.csv"
+STATUS_FILE = "run.json"
+METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s", "elapsed_s"]
+# Keys that may change when a run is resumed: they do not alter the computation up to the stop.
+RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
+
+
+class RunInterrupted(SynthclError):
+    """Training was interrupted (Ctrl-C); a checkpoint of the last finished step was written."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RECIPE_FILE).is_file() and (path / STATUS_FILE).is_file()
+
+
+def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = prefix + (key,)
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _recipe_differences(a, b, path)
+        elif a != b and path not in RESUMABLE_CHANGES:
+            diffs.append(".".join(path))
+    return diffs
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Recipe:
+    """Create, refuse, or reopen a run directory; return the recipe the run uses.
+
+    Raises:
+        RunDirError: if the directory holds a run and neither ``resume`` nor ``overwrite`` is set, if it
+            holds other files, or if there is nothing to resume.
+        ConfigError: if resuming with a recipe that differs from the run's own.
+    """
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if resume:
+        if not is_run_dir(run_dir):
+            raise RunDirError(f"cannot resume: {run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
+        stored = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+        diffs = _recipe_differences(stored, recipe_to_dict(recipe))
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); "
+                "resume with the run's own recipe"
+            )
+        return recipe
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not is_run_dir(run_dir):
+            raise RunDirError(f"output directory {run_dir} exists and is not empty; choose another --out")
+        if not overwrite:
+            raise RunDirError(
+                f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return recipe
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    # Every (seed, step, rank) gets its own augmentation stream, so a resumed run draws what an
+    # uninterrupted one would have drawn without saving any RNG state.
+    return ((seed * 1_000_003 + step) * 8191 + rank) % (2**63 - 1)
+
+
+@torch.no_grad()
+def channel_stats(source: ImageSource, limit: int = 4096, batch_size: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) over the first ``limit`` images of ``source``."""
+    total = torch.zeros(source.channels, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for images, _ in source.batches(batch_size, seed=None, drop_last=False):
+        x = images.to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+        if count >= limit * x.shape[2] * x.shape[3]:
+            break
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def build_learner(recipe: Recipe, in_channels: int) -> ContrastiveLearner:
+    m = recipe.model
+    backbone = build_backbone(m.backbone, in_channels, cifar_stem=m.cifar_stem, width=m.width, norm=m.norm)
+    return LEARNERS.get(m.learner)(backbone, m)
+
+
+def build_augment(recipe: Recipe, source: ImageSource, mean: list[float], std: list[float]) -> ViewAugment:
+    a = recipe.augment
+    return ViewAugment(
+        source.image_size,
+        source.channels,
+        crop_scale=tuple(a.crop_scale),
+        crop_ratio=tuple(a.crop_ratio),
+        flip_p=a.flip_p,
+        jitter_p=a.jitter_p,
+        brightness=a.brightness,
+        contrast=a.contrast,
+        saturation=a.saturation,
+        hue=a.hue,
+        gray_p=a.gray_p,
+        blur_p=tuple(a.blur_p),
+        solarize_p=tuple(a.solarize_p),
+        mean=mean,
+        std=std,
+    )
+
+
+def load_train_source(recipe: Recipe) -> ImageSource:
+    d = recipe.data
+    source = load_dataset(
+        d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels,
+        download=d.download, num_workers=d.num_workers, options=d.options,
+    )
+    if d.fraction < 1.0:
+        source = take_fraction(source, d.fraction, seed=d.fraction_seed)
+    return source
+
+
+class _MetricsLog:
+    """metrics.csv (rows appended and flushed) and TensorBoard, both truncated to the resume step."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / METRICS_FILE
+        if not enabled:
+            return
+        kept = []
+        if self.path.is_file():
+            with open(self.path, newline="") as fh:
+                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(self.path, buffer.getvalue())
+        self._fh = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._csv.writerow({k: row[k] for k in METRIC_COLUMNS})
+        self._fh.flush()
+        for key, value in row.items():
+            if key not in ("step", "epoch"):
+                self._tb.add_scalar(f"train/{key}", value, int(row["step"]))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._fh.close()
+            self._tb.close()
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step (a clean checkpoint)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    recipe: Recipe | str | Path,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Path:
+    """Train a learner from a recipe and return its run directory.
+
+    Args:
+        recipe: a :class:`Recipe`, a recipe file, or the name of a bundled recipe.
+        out: the run directory (default ``runs/<recipe name>``).
+        resume: continue the run in ``out`` from its last checkpoint; the result equals an
+            uninterrupted run.
+        overwrite: replace an existing run in ``out``.
+        quiet: no progress bar.
+        overrides: dotted assignments applied to a recipe loaded from a file or name.
+
+    Raises:
+        SynthclError: on bad input (recipe, data, run directory), divergence or interruption; the
+            message is one line and every file already written stays intact.
+    """
+    from accelerate import Accelerator
+
+    # 1. Recipe and run directory.
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        recipe = recipe_from_dict(_override_dict(recipe, overrides))
+    run_dir = Path(out) if out is not None else Path("runs") / recipe.name
+    t, o = recipe.train, recipe.optim
+
+    accelerator = Accelerator(cpu=t.cpu, mixed_precision=t.precision)
+    main = accelerator.is_main_process
+    if main:
+        recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+
+    # 2. Data: the (fraction of the) training set, device-resident when it fits in memory.
+    source = load_train_source(recipe)
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
+    steps_per_epoch = source.batches_per_epoch(t.batch_size)
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
+            "lower train.batch_size or raise data.fraction"
+        )
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    mean, std = channel_stats(source)
+    augment = build_augment(recipe, source, mean, std).to(device)
+    views_per_image = recipe.augment.views
+
+    # 3. Model, optimizer, schedule (the same initial weights on every process).
+    torch.manual_seed(t.seed)
+    learner = build_learner(recipe, source.channels)
+    if t.channels_last:
+        learner = learner.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(learner, o)
+    scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
+
+    # 4. Resume: weights, optimizer and schedule from checkpoints/last.
+    start_step = 0
+    checkpoint = run_dir / "checkpoints" / LAST
+    if resume and (checkpoint / "meta.json").is_file():
+        state, meta = load_checkpoint(checkpoint, learner)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(meta["step"])
+
+    learner, optimizer = accelerator.prepare(learner, optimizer)
+    unwrapped: ContrastiveLearner = accelerator.unwrap_model(learner)
+
+    if main:
+        atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+    info = {
+        "learner": recipe.model.learner,
+        "backbone": recipe.model.backbone,
+        "in_channels": source.channels,
+        "image_size": source.image_size,
+        "options": {"cifar_stem": recipe.model.cifar_stem, "width": recipe.model.width, "norm": recipe.model.norm},
+        "feature_dim": unwrapped.backbone.feature_dim,
+        "normalization": {"mean": mean, "std": std},
+        "dataset": recipe.data.dataset,
+        "synthcl_version": synthcl.__version__,
+    }
+
+    def write_status(status: str, step: int, **extra: Any) -> None:
+        if main:
+            atomic_write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "total_steps": run_steps, **info, **extra})
+
+    def checkpoint_now(step: int) -> None:
+        if main:
+            state = {"optimizer": optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "step": step}
+            save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info})
+        accelerator.wait_for_everyone()
+
+    write_status("running", start_step)
+    metrics = _MetricsLog(run_dir, start_step, enabled=main)
+    local_batch = t.batch_size // world
+    group_offset = rank * local_batch
+    generator = torch.Generator(device=device)
+    loss_sum = torch.zeros((), device=device)
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    bad_loss = torch.zeros((), device=device)
+    interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+    last_good = start_step
+
+    def check_divergence() -> None:
+        # One host sync per log/checkpoint interval rather than per step.
+        first = accelerator.reduce(bad_step.clone(), reduction="max") if world > 1 else bad_step
+        if int(first) >= 0:
+            write_status("diverged", last_good, diverged_at=int(first))
+            where = f"{run_dir / 'checkpoints' / LAST} (step {last_good})" if last_good else "none yet"
+            raise TrainingDiverged(
+                f"loss became {float(bad_loss):.4g} at step {int(first)}; stopped. "
+                f"Last good checkpoint: {where}. Try a lower optim.lr or set optim.grad_clip"
+            )
+
+    learner.train()
+    batches = None
+    with ProgressBar(run_steps, f"train {recipe.name}", unit="img", rate_per_step=t.batch_size,
+                     enabled=main and not quiet, completed=start_step) as bar, _StopRequest() as stop:
+        try:
+            for step in range(start_step, run_steps):
+                epoch, index = divmod(step, steps_per_epoch)
+                if batches is None or index == 0:
+                    batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch,
+                                             start_batch=index, rank=rank, world_size=world)
+                images, _ = next(batches)
+
+                # 5. Real views: `views_per_image` augmentations of each image, one group id per image.
+                generator.manual_seed(_step_seed(t.seed, step, rank))
+                views = augment.views(images, views_per_image, generator)
+                if t.channels_last:
+                    views = views.contiguous(memory_format=torch.channels_last)
+                groups = (torch.arange(images.shape[0], device=device) + group_offset).repeat(views_per_image)
+
+                # 6. Learner step on the views (synthetic views join here in the generator schemes).
+                loss = learner(views, groups)
+                accelerator.backward(loss)
+                if o.grad_clip is not None:
+                    accelerator.clip_grad_norm_(learner.parameters(), o.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                # 7. Momentum encoders and queues.
+                unwrapped.on_step_end(step + 1, total_steps)
+
+                # 8. Bookkeeping without host syncs: divergence is flagged on the device.
+                detached = loss.detach().float()
+                newly_bad = (~torch.isfinite(detached)) & (bad_step < 0)
+                bad_step = torch.where(newly_bad, step + 1, bad_step)
+                bad_loss = torch.where(newly_bad, detached, bad_loss)
+                loss_sum += torch.nan_to_num(detached)
+                interval_steps += 1
+                done = step + 1
+                if done % t.log_every == 0 or done == run_steps:
+                    check_divergence()
+                    mean_loss = accelerator.reduce(loss_sum, reduction="mean") if world > 1 else loss_sum
+                    now = time.perf_counter()
+                    row = {
+                        "step": done, "epoch": round(done / steps_per_epoch, 4),
+                        "loss": float(mean_loss) / interval_steps, "lr": scheduler.get_last_lr()[0],
+                        "images_per_s": interval_steps * t.batch_size / (now - interval_start),
+                        "elapsed_s": now - run_start,
+                    }
+                    metrics.write(row)
+                    bar.update(done, loss=row["loss"], lr=row["lr"])
+                    loss_sum.zero_()
+                    interval_start, interval_steps = now, 0
+                if done % t.checkpoint_every == 0 or done == run_steps:
+                    check_divergence()
+                    checkpoint_now(done)
+                    last_good = done
+                    write_status("running", done)
+                if stop.requested:
+                    check_divergence()
+                    checkpoint_now(done)
+                    write_status("interrupted", done)
+                    raise RunInterrupted(
+                        f"interrupted after step {done}; continue with: synthcl train ... --out {run_dir} --resume"
+                    )
+        finally:
+            metrics.close()
+
+    # 9. Export the backbone for evaluation and mark the run complete.
+    if main:
+        export_backbone(run_dir, unwrapped.backbone, {**info, "step": run_steps})
+    write_status("completed", run_steps)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _override_dict(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> dict:
+    from synthcl.config import apply_overrides
+
+    return apply_overrides(dataclasses.asdict(recipe), list(overrides))
