@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny recipes on procedural data, sized for 2 CPU cores."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"dataset": "shapes", "image_size": 16, "channels": 1, "options": {"n": 128}},
+    "augment": {"crop_scale": [0.3, 1.0]},
+    "model": {"backbone": "small-cnn", "width": 4, "proj_hidden_dim": 16, "proj_output_dim": 8,
+              "pred_hidden_dim": 16, "queue_size": 64},
+    "optim": {"lr": 0.05, "warmup_epochs": 0.5},
+    "train": {"batch_size": 16, "epochs": 1, "max_steps": 4, "log_every": 2, "checkpoint_every": 2, "cpu": True},
+    "eval": {"linear_epochs": 5, "knn_k": 10},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def tiny_recipe():
+    """tiny_recipe(**sections) -> a validated Recipe on 128 16-px shapes, 4 steps."""
+    from synthcl.config import recipe_from_dict
+
+    def make(**sections: dict) -> Any:
+        return recipe_from_dict(merge(TINY, sections))
+
+    return make
+
+
+@pytest.fixture
+def tiny_recipe_file(tmp_path):
+    """tiny_recipe_file(**sections) -> path of a YAML recipe file."""
+    import yaml
+
+    def make(**sections: dict) -> Any:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(merge(TINY, sections)))
+        return path
+
+    return make

@@ -1,0 +1,165 @@
+"""The command line: commands work, and every kind of bad input gets one line, exit 2, files intact."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthcl.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `synthcl ARGS` in-process through the real entry point; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["synthcl", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def trained_run(tmp_path_factory, tiny_recipe_file):
+    from synthcl.training import train
+
+    run = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_recipe_file(), out=run, quiet=True)
+    return run
+
+
+def test_train_and_eval_from_the_cli(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    run = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "optim.lr=0.02",
+                             "--out", str(run), "--quiet")
+    assert code == 0, err
+    assert "run written to" in out and "optim" in (run / "recipe.yaml").read_text()
+    assert "lr: 0.02" in (run / "recipe.yaml").read_text()
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(run), "--quiet")
+    assert code == 0, err
+    assert "linear probe top-1:" in out and "kNN top-1:" in out
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "--init", "random", "-q")
+    assert code == 0 and "kNN top-1 (random init)" in out and "linear" not in out
+
+
+def test_recipes_list_and_show(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "recipes", "list")
+    assert code == 0 and "quickstart" in out and "cifar10-byol" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "recipes", "show", "quickstart")
+    assert code == 0 and out.startswith("# synthcl train quickstart")
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "synthcl", "recipes", "list"], capture_output=True, text=True)
+    assert result.returncode == 0 and "quickstart" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["optim.lrr=0.1"], "unknown recipe key 'optim.lrr'; did you mean 'optim.lr'?"),
+        (["optim.lr=fast"], "optim.lr: expected float, got 'fast'"),
+        (["data.dataset=cifar-10"], "unknown dataset 'cifar-10'; did you mean 'cifar10'?"),
+        (["model.learner=simsiam"], "unknown learner 'simsiam'"),
+        (["model.backbone=resnet34"], "unknown backbone 'resnet34'"),
+        (["data.fraction=0"], "data.fraction must be in (0, 1]"),
+        (["data.fraction=1.2"], "data.fraction must be in (0, 1]"),
+    ],
+)
+def test_bad_recipe_values(monkeypatch, capsys, tmp_path, tiny_recipe_file, overrides, fragment):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), *overrides,
+                           "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_root_says_how_to_get_the_data(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    import synthcl.data
+
+    monkeypatch.delenv("SYNTHCL_DATA", raising=False)
+    monkeypatch.setattr(synthcl.data, "SYSTEM_DATA_DIRS", [tmp_path / "nowhere"])
+    monkeypatch.setattr(synthcl.data, "CACHE_DIR", tmp_path / "cache")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "data.dataset=cifar10",
+                           "data.channels=null", "data.options={}", "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, "cifar10")
+    assert "data.root" in err or "SYNTHCL_DATA" in err
+
+
+def test_unreadable_image_in_a_folder_dataset(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (20, 20), color=i * 20).save(folder / label / f"{i}.png")
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "data.dataset=image-folder",
+                           f"data.root={folder}", "data.num_workers=0", "data.options={}",
+                           "train.max_steps=4", "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, "broken.png")
+
+
+def test_existing_run_is_refused_and_left_intact(monkeypatch, capsys, trained_run, tiny_recipe_file):
+    before = tree_digest(trained_run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(trained_run), "-q")
+    assert_one_line_error(code, err, "already holds a run")
+    assert tree_digest(trained_run) == before
+
+
+def test_eval_on_a_directory_that_is_not_a_run(monkeypatch, capsys, tmp_path):
+    (tmp_path / "something.txt").write_text("x")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path))
+    assert_one_line_error(code, err, "is not a synthcl run directory")
+
+
+def test_eval_on_a_truncated_checkpoint(monkeypatch, capsys, trained_run):
+    weights = trained_run / "backbone.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = tree_digest(trained_run)
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(trained_run))
+    assert_one_line_error(code, err, "truncated or corrupt")
+    assert tree_digest(trained_run) == before
+
+
+def test_eval_on_a_checkpoint_of_another_architecture(monkeypatch, capsys, trained_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from synthcl.nn.backbones import SmallCNN
+
+    other = SmallCNN(1, width=8)  # the run's backbone has width 4
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(trained_run / "backbone.safetensors"))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(trained_run))
+    assert_one_line_error(code, err, "written by another architecture")
+
+
+def test_code_option_registers_a_user_learner(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    plugin = tmp_path / "my_learner.py"
+    plugin.write_text(
+        "from synthcl.learners import SimCLR\n"
+        "from synthcl.registry import LEARNERS\n\n"
+        "@LEARNERS.register('my-simclr')\n"
+        "class MySimCLR(SimCLR):\n"
+        "    pass\n"
+    )
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "model.learner=my-simclr",
+                           "--code", str(plugin), "--out", str(tmp_path / "run"), "-q")
+    assert code == 0, err

@@ -1,0 +1,128 @@
+"""The training loop: run directory, every learner and optimizer, exact resume, divergence, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synthcl.errors import ConfigError, RunDirError, TrainingDiverged
+from synthcl.interfaces import ContrastiveLearner
+from synthcl.learners import SimCLR
+from synthcl.registry import LEARNERS
+from synthcl.training import train
+
+
+def test_run_directory_holds_everything(tmp_path, tiny_recipe):
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    for name in ("recipe.yaml", "metrics.csv", "run.json", "backbone.safetensors", "backbone.json",
+                 "checkpoints/last/weights.safetensors", "checkpoints/last/state.pt", "checkpoints/last/meta.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.*"))
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 4
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(float(r["loss"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("learner", ["simclr", "mocov2", "byol"])
+@pytest.mark.parametrize("optimizer", ["sgd", "lars", "adamw"])
+def test_every_learner_trains_with_every_optimizer(tmp_path, tiny_recipe, learner, optimizer):
+    recipe = tiny_recipe(model={"learner": learner}, optim={"name": optimizer, "grad_clip": 1.0,
+                                                            "lr": 1e-3 if optimizer == "adamw" else 0.05})
+    run = train(recipe, out=tmp_path / "run", quiet=True)
+    weights = load_file(str(run / "checkpoints/last/weights.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert json.loads((run / "run.json").read_text())["learner"] == learner
+
+
+def test_training_changes_the_weights_and_lowers_the_loss(tmp_path, tiny_recipe):
+    recipe = tiny_recipe(train={"max_steps": None, "epochs": 6, "log_every": 8, "checkpoint_every": 100},
+                         optim={"lr": 0.1})
+    run = train(recipe, out=tmp_path / "run", quiet=True)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert losses[-1] < losses[0]
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints/last/weights.safetensors"))
+
+
+@pytest.mark.parametrize("learner", ["simclr", "mocov2"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_recipe, learner):
+    full = train(tiny_recipe(model={"learner": learner}, train={"max_steps": 6, "checkpoint_every": 3}),
+                 out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(model={"learner": learner}, train={"max_steps": 3, "checkpoint_every": 3}), out=part, quiet=True)
+    train(tiny_recipe(model={"learner": learner}, train={"max_steps": 6, "checkpoint_every": 3}),
+          out=part, resume=True, quiet=True)
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa = torch.load(full / "checkpoints/last/state.pt", weights_only=True)
+    sb = torch.load(part / "checkpoints/last/state.pt", weights_only=True)
+    assert sa["scheduler"] == sb["scheduler"]
+    rows = [r["step"] for r in csv.DictReader(open(part / "metrics.csv"))]
+    # The stopped run logged its last step (3); the resumed one continues from there without duplicates.
+    assert rows == ["2", "3", "4", "6"]
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path, tiny_recipe):
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    before = (run / "backbone.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="already holds a run; pass --resume .* or --overwrite"):
+        train(tiny_recipe(), out=run, quiet=True)
+    assert (run / "backbone.safetensors").read_bytes() == before
+    train(tiny_recipe(optim={"lr": 0.01}), out=run, overwrite=True, quiet=True)
+    assert (run / "backbone.safetensors").read_bytes() != before
+
+
+def test_non_run_directory_is_never_overwritten(tmp_path, tiny_recipe):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="exists and is not empty"):
+        train(tiny_recipe(), out=folder, overwrite=True, quiet=True)
+    assert (folder / "notes.txt").read_text() == "precious"
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_recipe):
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    with pytest.raises(ConfigError, match="changed: optim.lr"):
+        train(tiny_recipe(optim={"lr": 0.5}), out=run, resume=True, quiet=True)
+    with pytest.raises(RunDirError, match="cannot resume"):
+        train(tiny_recipe(), out=tmp_path / "nothing", resume=True, quiet=True)
+
+
+class _DivergingLearner(SimCLR):
+    """SimCLR whose loss turns NaN from its fourth call."""
+
+    def loss(self, views, groups):
+        self.calls = getattr(self, "calls", 0) + 1
+        value = super().loss(views, groups)
+        return value * float("nan") if self.calls >= 4 else value
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, tiny_recipe):
+    LEARNERS.register("diverging-test", _DivergingLearner, override=True)
+    recipe = tiny_recipe(model={"learner": "diverging-test"}, train={"max_steps": 6, "log_every": 1})
+    with pytest.raises(TrainingDiverged) as info:
+        train(recipe, out=tmp_path / "run", quiet=True)
+    message = str(info.value)
+    assert "loss became nan at step 4" in message and "step 2" in message and "\n" not in message
+    meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
+    assert meta["step"] == 2
+    weights = _weights(tmp_path / "run")
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert json.loads((tmp_path / "run/run.json").read_text())["status"] == "diverged"
+
+
+def test_learner_interface_is_what_the_loop_uses():
+    assert issubclass(SimCLR, ContrastiveLearner)
+    with pytest.raises(TypeError):
+        ContrastiveLearner()  # abstract: loss() is required
