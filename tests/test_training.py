@@ -126,3 +126,16 @@ def test_learner_interface_is_what_the_loop_uses():
     assert issubclass(SimCLR, ContrastiveLearner)
     with pytest.raises(TypeError):
         ContrastiveLearner()  # abstract: loss() is required
+
+
+def test_distributed_launch_trains_on_two_cpu_processes(tmp_path, tiny_recipe_file):
+    """Two gloo processes through a standard launcher; Accelerate picks the world up from the env."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "-m", "synthcl", "train", str(tiny_recipe_file()), "--out", str(tmp_path / "run"), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    status = json.loads((tmp_path / "run/run.json").read_text())
+    assert status["status"] == "completed" and status["processes"] == 2

@@ -6,6 +6,7 @@ User errors (:class:`~synthcl.errors.SynthclError`) print one line to stderr and
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -68,7 +69,8 @@ def train(
 
     load_code(code or [])
     run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [])
-    typer.echo(f"run written to {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"run written to {run_dir}")
 
 
 class ProtocolChoice(str, Enum):

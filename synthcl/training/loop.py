@@ -300,6 +300,7 @@ def train(
         "feature_dim": unwrapped.backbone.feature_dim,
         "normalization": {"mean": mean, "std": std},
         "dataset": recipe.data.dataset,
+        "processes": world,
         "synthcl_version": synthcl.__version__,
     }
 
