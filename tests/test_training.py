@@ -139,3 +139,39 @@ def test_distributed_launch_trains_on_two_cpu_processes(tmp_path, tiny_recipe_fi
     assert result.returncode == 0, result.stderr[-2000:]
     status = json.loads((tmp_path / "run/run.json").read_text())
     assert status["status"] == "completed" and status["processes"] == 2
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, tiny_recipe):
+    run = train(tiny_recipe(train={"precision": "bf16"}), out=tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert all(0 < float(r["loss"]) < 100 for r in rows)
+
+
+def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_recipe_file):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tiny_recipe_file(train={"max_steps": 40, "epochs": 5, "log_every": 1, "checkpoint_every": 1000})
+    full = train(recipe, out=tmp_path / "full", quiet=True)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "synthcl", "train", str(recipe), "--out", str(run), "-q"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a few steps are logged
+        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 2 and "interrupted after step" in err and "Traceback" not in err
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "interrupted"
+    stopped_at = json.loads((run / "checkpoints/last/meta.json").read_text())["step"]
+    assert 0 < stopped_at < 40 and status["step"] == stopped_at
+    train(recipe, out=run, resume=True, quiet=True)
+    a, b = _weights(full), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)

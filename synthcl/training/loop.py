@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import math
+import os
 import shutil
 import signal
 import time
@@ -236,8 +237,6 @@ def train(
         SynthclError: on bad input (recipe, data, run directory), divergence or interruption; the
             message is one line and every file already written stays intact.
     """
-    from accelerate import Accelerator
-
     # 1. Recipe and run directory.
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -246,7 +245,7 @@ def train(
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
     t, o = recipe.train, recipe.optim
 
-    accelerator = Accelerator(cpu=t.cpu, mixed_precision=t.precision)
+    accelerator = _accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     if main:
         recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
@@ -411,6 +410,21 @@ def train(
     write_status("completed", run_steps)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _accelerator(**kwargs: Any) -> Any:
+    """An Accelerator; in a single process, settings from an earlier ``train`` call are cleared first.
+
+    Accelerate keeps its state in a process-wide singleton that refuses a second Accelerator with other
+    settings (say bf16 after fp32 in one notebook). Outside a distributed launch nothing else depends on
+    that state, so it is reset; under a launcher every process trains one recipe and keeps it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**kwargs)
 
 
 def _override_dict(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> dict:
