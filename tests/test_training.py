@@ -133,10 +133,10 @@ def test_distributed_launch_trains_on_two_cpu_processes(tmp_path, tiny_recipe_fi
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "synthcl", "train", str(tiny_recipe_file()), "--out", str(tmp_path / "run"), "-q"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-6000:]
     status = json.loads((tmp_path / "run/run.json").read_text())
     assert status["status"] == "completed" and status["processes"] == 2
 

@@ -69,8 +69,18 @@ def train(
 
     load_code(code or [])
     run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [])
+    _end_distributed()
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"run written to {run_dir}")
+
+
+def _end_distributed() -> None:
+    """Under a launcher, leave the process group together so that no process exits mid-collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class ProtocolChoice(str, Enum):
