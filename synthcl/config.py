@@ -139,15 +139,42 @@ class EvalConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    name: str | None = None
+    """Registry name of the generator (`gan`, `diffusion`, or your own); None: no generator."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Constructor options of the generator (e.g. `preset: cpu`); image size and channels come from
+    the data."""
+    pretrained: str | None = None
+    """A generator run directory or a `save_pretrained` folder to start from."""
+    lr: float = 2.0e-4
+    """Generator learning rate (Adam)."""
+    critic_lr: float = 2.0e-4
+    """Critic learning rate (Adam), for generators with a critic."""
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    critic_steps: int = 1
+    """Critic updates per generator update."""
+    partner_momentum: float = 0.999
+    """EMA momentum of the moving-average partner during pretraining."""
+    sample_every: int = 500
+    """Steps between sample grids written to `samples/`."""
+    samples: int = 64
+    """Images in each sample grid (fixed latents, so grids are comparable over training)."""
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     description: str = ""
+    stage: Literal["learner", "generator"] = "learner"
+    """What `synthcl train` trains: the contrastive learner, or the generator alone (pretraining)."""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,11 +336,23 @@ def validate(recipe: Recipe) -> None:
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     _check(e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}")
     _check(e.linear_epochs >= 1, f"eval.linear_epochs must be >= 1, got {e.linear_epochs}")
-    for key, reg, name in (
+    g = recipe.generator
+    _check(g.lr > 0 and g.critic_lr > 0, f"generator.lr and generator.critic_lr must be > 0, got {g.lr}, {g.critic_lr}")
+    _check(len(g.betas) == 2, f"generator.betas must be [beta1, beta2], got {g.betas}")
+    _check(g.critic_steps >= 1, f"generator.critic_steps must be >= 1, got {g.critic_steps}")
+    _check(0.0 <= g.partner_momentum <= 1.0, f"generator.partner_momentum must be in [0, 1], got {g.partner_momentum}")
+    _check(g.sample_every >= 1 and g.samples >= 1, "generator.sample_every and generator.samples must be >= 1")
+    if recipe.stage == "generator":
+        _check(g.name is not None or g.pretrained is not None,
+               "stage 'generator' needs generator.name (e.g. gan) or generator.pretrained")
+    checks = [
         ("data.dataset", registry.DATASETS, d.dataset),
         ("model.learner", registry.LEARNERS, m.learner),
         ("model.backbone", registry.BACKBONES, m.backbone),
-    ):
+    ]
+    if g.name is not None:
+        checks.append(("generator.name", registry.GENERATORS, g.name))
+    for key, reg, name in checks:
         try:
             reg.get(name)
         except RegistryError as err:

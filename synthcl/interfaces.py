@@ -7,7 +7,9 @@ and the top-level `generators` package, and are found by name through `synthcl.r
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import functools
+import inspect
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +54,55 @@ class Generator(nn.Module, abc.ABC):
 
     A subclass implements :meth:`sample_latents`, :meth:`forward` and :meth:`realism_loss`; a backend
     with a critic (a GAN's discriminator) also overrides :meth:`critic_loss` and
-    :meth:`critic_parameters`.
+    :meth:`critic_parameters`. Its constructor takes ``image_size`` and ``channels`` plus its own
+    keyword options (JSON-serialisable); they are recorded automatically and are what
+    :meth:`save_pretrained` writes, so :meth:`from_pretrained` can rebuild the module.
+
+    The base provides the moving-average partner used for hard positive pairs: a shadow copy of the
+    generator's own parameters and buffers (not the critic's), kept as buffers so that it moves with
+    ``.to()``, is saved with the weights, and never receives gradients.
+
+    Args:
+        image_size: side of the square images it generates.
+        channels: 1 or 3.
     """
+
+    #: options for a small instance used by the contract tests (`synthcl.testing.GeneratorContract`)
+    test_options: dict = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        original = cls.__init__
+
+        @functools.wraps(original)
+        def __init__(self: Generator, *args: object, **kw: object) -> None:
+            outermost = not getattr(self, "_initialising", False)
+            if outermost:
+                object.__setattr__(self, "_initialising", True)
+            try:
+                original(self, *args, **kw)
+            finally:
+                if outermost:
+                    object.__setattr__(self, "_initialising", False)
+            if outermost:
+                bound = inspect.signature(original).bind(self, *args, **kw)
+                bound.apply_defaults()
+                config = {k: v for k, v in bound.arguments.items() if k != "self"}
+                for name, param in inspect.signature(original).parameters.items():
+                    if param.kind is inspect.Parameter.VAR_KEYWORD:
+                        config.update(config.pop(name, {}))
+                self.config = config
+                self._init_partner()
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    def __init__(self, image_size: int, channels: int) -> None:
+        super().__init__()
+        self.image_size, self.channels = image_size, channels
+
+    # -- what a backend implements ------------------------------------------------------------------
 
     @abc.abstractmethod
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -76,6 +125,137 @@ class Generator(nn.Module, abc.ABC):
         """The critic's loss on real and (detached) fake images; None when there is no critic."""
         return None
 
-    def critic_parameters(self) -> Iterable[nn.Parameter]:
+    def critic_parameters(self) -> list[nn.Parameter]:
         """Parameters the critic step optimises (empty when there is no critic)."""
         return []
+
+    # -- provided by the base -----------------------------------------------------------------------
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the generator proper: everything but the critic's."""
+        critic = {id(p) for p in self.critic_parameters()}
+        return [p for p in self.parameters() if id(p) not in critic]
+
+    def _partner_names(self) -> list[str]:
+        critic = {id(p) for p in self.critic_parameters()}
+        names = [n for n, p in self.named_parameters() if id(p) not in critic]
+        critic_modules = {n for n, m in self.named_modules() if n and any(id(p) in critic for p in m.parameters(recurse=False))}
+        buffers = [n for n, _ in self.named_buffers()
+                   if not n.startswith("partner_state.") and n.rsplit(".", 1)[0] not in critic_modules]
+        return names + buffers
+
+    def _init_partner(self) -> None:
+        state = nn.Module()
+        tensors = dict(self.named_parameters()) | dict(self.named_buffers())
+        for name in self._partner_names():
+            state.register_buffer(name.replace(".", "__"), tensors[name].detach().clone())
+        self.partner_state = state
+
+    def partner_tensors(self) -> dict[str, Tensor]:
+        """The partner's parameters and buffers by the generator's own names."""
+        return {name.replace("__", "."): t for name, t in self.partner_state.named_buffers()}
+
+    @torch.no_grad()
+    def partner(self, z: Tensor) -> Tensor:
+        """Images of the moving-average partner for latents ``z`` (no gradient)."""
+        return torch.func.functional_call(self, self.partner_tensors(), (z,), strict=False)
+
+    @torch.no_grad()
+    def update_partner(self, momentum: float) -> None:
+        """partner <- momentum * partner + (1 - momentum) * generator (buffers are copied).
+
+        ``momentum=0`` makes the partner an exact copy; ``1`` leaves it unchanged.
+        """
+        current = dict(self.named_parameters()) | dict(self.named_buffers())
+        for name, shadow in self.partner_tensors().items():
+            source = current[name].detach()
+            if shadow.is_floating_point():
+                shadow.lerp_(source.to(shadow.dtype), 1.0 - momentum)
+            else:
+                shadow.copy_(source)
+
+    def pair(self, z: Tensor, hardness: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Two similar-but-distinct batches from the same latents: a positive pair per latent.
+
+        The first is the generator's output (with gradient), the second the partner's for ``z`` moved by
+        Gaussian noise of standard deviation ``hardness`` (0: the same latents). As the generator drifts
+        from its partner, and as ``hardness`` grows, the two drift apart.
+
+        Args:
+            z: (B, ...) latents from :meth:`sample_latents`.
+            hardness: latent perturbation scale, >= 0.
+            generator: RNG for the perturbation.
+
+        Returns:
+            Two (B, C, H, W) tensors in [-1, 1].
+        """
+        if hardness < 0:
+            raise ValueError(f"hardness must be >= 0, got {hardness}")
+        shifted = z
+        if hardness > 0:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            shifted = z + hardness * noise
+        return self(z), self.partner(shifted)
+
+    def registry_name(self) -> str:
+        """The name this class is registered under in ``synthcl.registry.GENERATORS``."""
+        from synthcl.registry import GENERATORS
+
+        for name in GENERATORS.names():
+            try:
+                if GENERATORS.get(name) is type(self):
+                    return name
+            except Exception:  # a broken third-party entry point must not hide this one
+                continue
+        raise ValueError(f"{type(self).__name__} is not registered in GENERATORS; register it to save it")
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` (registry name, version, constructor options) and ``model.safetensors``.
+
+        Files are written atomically; the partner is saved with the weights.
+        """
+        import json
+
+        import synthcl
+        from synthcl.io import atomic_write_json
+        from synthcl.training.checkpoint import save_weights
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self, folder / "model.safetensors")
+        atomic_write_json(folder / "config.json", {
+            "generator": self.registry_name(),
+            "synthcl_version": synthcl.__version__,
+            "config": json.loads(json.dumps(self.config)),
+        })
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **overrides: object) -> Generator:
+        """Rebuild a generator saved by :meth:`save_pretrained` (looked up by its registry name).
+
+        Raises:
+            CheckpointError: if the folder is incomplete or damaged, names another generator than
+                ``cls``, or its weights do not fit the architecture.
+        """
+        import json
+
+        from synthcl.errors import CheckpointError, RegistryError
+        from synthcl.registry import GENERATORS
+        from synthcl.training.checkpoint import load_weights
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "config.json").read_text())
+            name, config = meta["generator"], dict(meta["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{folder} holds no readable generator config.json") from None
+        try:
+            target = GENERATORS.get(name)
+        except RegistryError as err:
+            raise CheckpointError(f"{folder}: {err}") from None
+        if cls is not Generator and not issubclass(target, cls):
+            raise CheckpointError(f"{folder} holds a '{name}' generator, not a {cls.__name__}")
+        model = target(**{**config, **overrides})
+        load_weights(model, folder / "model.safetensors")
+        return model

@@ -39,7 +39,8 @@ class Registry(Generic[T]):
         """
 
         def add(item: T) -> T:
-            if name in self._items and self._items[name] is not item and not override:
+            existing = self._items.get(name)
+            if existing is not None and existing is not item and not override and not _same_definition(existing, item):
                 raise ValueError(f"{self.kind[:-1]} '{name}' is already registered")
             self._items[name] = item
             return item
@@ -90,6 +91,12 @@ class Registry(Generic[T]):
         return factory(*args, **kwargs)
 
 
+def _same_definition(a: object, b: object) -> bool:
+    """True when ``b`` is ``a`` defined again (the same module re-imported, e.g. a --code file)."""
+    key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))  # noqa: E731
+    return key(a) == key(b) and key(a) != (None, None)
+
+
 LEARNERS: Registry[Any] = Registry("learners")
 GENERATORS: Registry[Any] = Registry("generators")
 DATASETS: Registry[Any] = Registry("datasets")
@@ -101,3 +108,6 @@ def load_builtins() -> None:
     import synthcl.data  # noqa: F401
     import synthcl.learners  # noqa: F401
     import synthcl.nn.backbones  # noqa: F401
+
+    # Generator backends live in the top-level `generators` package and are found through entry points
+    # (group synthcl.generators), so that `diffusers` is imported only by recipes that name it.

@@ -116,6 +116,28 @@ def evaluate(
         typer.echo(f"kNN top-1{label}: {result['knn_top1']:.2f}%")
 
 
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A generator run directory, or a save_pretrained folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG file to write.")],
+    n: Annotated[int, typer.Option("--n", help="Number of samples (or of pairs with --pairs).", min=1)] = 64,
+    pairs: Annotated[bool, typer.Option("--pairs", help="A ladder of positive pairs at increasing hardness.")] = False,
+    hardness: Annotated[float, typer.Option("--hardness", help="Largest hardness of the ladder.", min=0.0)] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Rungs of the ladder.", min=1)] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the latents.")] = 0,
+    code: CodeOption = None,
+) -> None:
+    """Write a grid of samples, or of positive pairs at increasing hardness, as PNG."""
+    from synthcl.generation import write_pair_ladder, write_samples
+
+    load_code(code or [])
+    if pairs:
+        path = write_pair_ladder(run_dir, out, n=n, max_hardness=hardness, rungs=steps, seed=seed)
+    else:
+        path = write_samples(run_dir, out, n=n, seed=seed)
+    typer.echo(f"wrote {path}")
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """List the bundled recipes with their descriptions."""

@@ -90,7 +90,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
     return recipe
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int) -> int:
     # Every (seed, step, rank) gets its own augmentation stream, so a resumed run draws what an
     # uninterrupted one would have drawn without saving any RNG state.
     return ((seed * 1_000_003 + step) * 8191 + rank) % (2**63 - 1)
@@ -152,11 +152,11 @@ def load_train_source(recipe: Recipe) -> ImageSource:
     return source
 
 
-class _MetricsLog:
+class MetricsLog:
     """metrics.csv (rows appended and flushed) and TensorBoard, both truncated to the resume step."""
 
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool, columns: list[str] = METRIC_COLUMNS) -> None:
+        self.enabled, self.columns = enabled, columns
         self.path = run_dir / METRICS_FILE
         if not enabled:
             return
@@ -165,12 +165,12 @@ class _MetricsLog:
             with open(self.path, newline="") as fh:
                 kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(kept)
         atomic_write_text(self.path, buffer.getvalue())
         self._fh = open(self.path, "a", newline="")
-        self._csv = csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS)
+        self._csv = csv.DictWriter(self._fh, fieldnames=columns)
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
@@ -178,7 +178,7 @@ class _MetricsLog:
     def write(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._csv.writerow({k: row[k] for k in METRIC_COLUMNS})
+        self._csv.writerow({k: row[k] for k in self.columns})
         self._fh.flush()
         for key, value in row.items():
             if key not in ("step", "epoch"):
@@ -190,14 +190,14 @@ class _MetricsLog:
             self._tb.close()
 
 
-class _StopRequest:
+class StopRequest:
     """Turns the first Ctrl-C into a request to stop after the current step (a clean checkpoint)."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> StopRequest:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave signals alone
@@ -243,9 +243,13 @@ def train(
     elif overrides:
         recipe = recipe_from_dict(_override_dict(recipe, overrides))
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
+    if recipe.stage == "generator":
+        from synthcl.training.generator_loop import train_generator
+
+        return train_generator(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     t, o = recipe.train, recipe.optim
 
-    accelerator = _accelerator(cpu=t.cpu, mixed_precision=t.precision)
+    accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     if main:
         recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
@@ -315,7 +319,7 @@ def train(
         accelerator.wait_for_everyone()
 
     write_status("running", start_step)
-    metrics = _MetricsLog(run_dir, start_step, enabled=main)
+    metrics = MetricsLog(run_dir, start_step, enabled=main)
     local_batch = t.batch_size // world
     group_offset = rank * local_batch
     generator = torch.Generator(device=device)
@@ -339,7 +343,7 @@ def train(
     learner.train()
     batches = None
     with ProgressBar(run_steps, f"train {recipe.name}", unit="img", rate_per_step=t.batch_size,
-                     enabled=main and not quiet, completed=start_step) as bar, _StopRequest() as stop:
+                     enabled=main and not quiet, completed=start_step) as bar, StopRequest() as stop:
         try:
             for step in range(start_step, run_steps):
                 epoch, index = divmod(step, steps_per_epoch)
@@ -349,7 +353,7 @@ def train(
                 images, _ = next(batches)
 
                 # 5. Real views: `views_per_image` augmentations of each image, one group id per image.
-                generator.manual_seed(_step_seed(t.seed, step, rank))
+                generator.manual_seed(step_seed(t.seed, step, rank))
                 views = augment.views(images, views_per_image, generator)
                 if t.channels_last:
                     views = views.contiguous(memory_format=torch.channels_last)
@@ -412,7 +416,7 @@ def train(
     return run_dir
 
 
-def _accelerator(**kwargs: Any) -> Any:
+def make_accelerator(**kwargs: Any) -> Any:
     """An Accelerator; in a single process, settings from an earlier ``train`` call are cleared first.
 
     Accelerate keeps its state in a process-wide singleton that refuses a second Accelerator with other

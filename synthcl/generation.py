@@ -1,0 +1,68 @@
+"""Load a trained generator from a run and draw samples or ladders of positive pairs from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from synthcl.errors import RunDirError
+from synthcl.interfaces import Generator
+from synthcl.viz import save_pair_ladder, save_sample_grid
+
+
+def load_generator(path: str | Path) -> Generator:
+    """The generator of a generator run (its ``generator/`` export or last checkpoint) or of a
+    ``save_pretrained`` folder, in eval mode on the CPU.
+
+    Raises:
+        RunDirError: if ``path`` holds no generator.
+        CheckpointError: if the generator files are damaged or do not fit the architecture.
+    """
+    from synthcl.training.checkpoint import LAST
+    from synthcl.training.generator_loop import generator_folder
+
+    path = Path(path)
+    folder = generator_folder(path)
+    if not (folder / "config.json").is_file():
+        if (path / "checkpoints" / LAST / "meta.json").is_file() and (path / "run.json").is_file():
+            return _from_checkpoint(path)
+        raise RunDirError(f"{path} holds no generator (no generator/config.json); pass a generator run directory")
+    return Generator.from_pretrained(folder).eval()
+
+
+def _from_checkpoint(run_dir: Path) -> Generator:
+    """A generator run that has not finished: rebuild it from the recipe and the last checkpoint."""
+    import yaml
+
+    from synthcl.config import recipe_from_dict
+    from synthcl.training.checkpoint import LAST, load_weights
+    from synthcl.training.generator_loop import build_generator
+    from synthcl.training.loop import RECIPE_FILE, load_train_source
+
+    recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
+    if recipe.stage != "generator":
+        raise RunDirError(f"{run_dir} is a learner run, not a generator run")
+    generator = build_generator(recipe, load_train_source(recipe))
+    load_weights(generator, run_dir / "checkpoints" / LAST / "weights.safetensors")
+    return generator.eval()
+
+
+@torch.no_grad()
+def write_samples(run: str | Path, out: str | Path, *, n: int = 64, seed: int = 0) -> Path:
+    """Write a grid of ``n`` samples of the run's generator to ``out`` (PNG)."""
+    generator = load_generator(run)
+    images = generator(generator.sample_latents(n, torch.Generator().manual_seed(seed)))
+    return save_sample_grid(images, out)
+
+
+@torch.no_grad()
+def write_pair_ladder(run: str | Path, out: str | Path, *, n: int = 8, max_hardness: float = 1.0,
+                      rungs: int = 5, seed: int = 0) -> Path:
+    """Write ``n`` rows of positive pairs (generator, partner) at ``rungs`` hardness levels from 0 to
+    ``max_hardness``: each row keeps its latent, so the pair drifts apart from left to right."""
+    generator = load_generator(run)
+    z = generator.sample_latents(n, torch.Generator().manual_seed(seed))
+    levels = [max_hardness * i / max(1, rungs - 1) for i in range(rungs)]
+    ladder = [generator.pair(z, h, generator=torch.Generator().manual_seed(seed + 1)) for h in levels]
+    return save_pair_ladder(ladder, out)

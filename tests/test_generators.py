@@ -1,0 +1,201 @@
+"""Generators: the contract for every registered generator, a user's own subclass in a recipe,
+pretraining runs, `synthcl generate`, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError
+from synthcl.interfaces import Generator
+from synthcl.registry import GENERATORS
+from synthcl.testing import GeneratorContract
+from synthcl.training import train
+
+from test_cli import assert_one_line_error, run_cli
+
+
+def _registered():
+    return [name for name in GENERATORS.names() if not name.startswith("test-")]
+
+
+@pytest.fixture(params=_registered())
+def generator_name(request):
+    return request.param
+
+
+class TestEveryRegisteredGenerator(GeneratorContract):
+    """The contract, once per registered generator and per channel count (its `test_options`)."""
+
+    @pytest.fixture(autouse=True, params=[(28, 1), (32, 3)], ids=["28px-gray", "32px-rgb"])
+    def _setup(self, request, generator_name):
+        self.image_size, self.channels = request.param
+        self.name = generator_name
+
+    def make_generator(self, image_size, channels):
+        cls = GENERATORS.get(self.name)
+        return cls(image_size=image_size, channels=channels, **cls.test_options)
+
+
+# --- a user's own generator in about 20 lines ----------------------------------------------------
+
+
+USER_GENERATOR = '''
+import torch
+from torch import nn
+from synthcl import Generator, GENERATORS
+
+
+@GENERATORS.register("test-mlp")
+class MLPGenerator(Generator):
+    """A tiny MLP generator with a linear critic."""
+
+    def __init__(self, image_size, channels, hidden=32):
+        super().__init__(image_size, channels)
+        self.net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, channels * image_size**2), nn.Tanh())
+        self.critic = nn.Linear(channels * image_size**2, 1)
+
+    def sample_latents(self, n, generator=None):
+        return torch.randn(n, 8, generator=generator, device=self.critic.weight.device)
+
+    def forward(self, z):
+        return self.net(z).view(-1, self.channels, self.image_size, self.image_size)
+
+    def realism_loss(self, fake, real):
+        return -self.critic(fake.flatten(1)).mean()
+
+    def critic_loss(self, real, fake):
+        return (torch.relu(1 - self.critic(real.flatten(1))) + torch.relu(1 + self.critic(fake.flatten(1)))).mean()
+
+    def critic_parameters(self):
+        return list(self.critic.parameters())
+'''
+
+GEN_STAGE = {"stage": "generator", "generator": {"name": "test-mlp", "options": {"hidden": 16}, "sample_every": 2,
+                                                 "samples": 4},
+             "train": {"batch_size": 16, "max_steps": 4, "log_every": 2, "checkpoint_every": 2}}
+
+
+@pytest.fixture
+def user_generator(tmp_path):
+    path = tmp_path / "my_generator.py"
+    path.write_text(USER_GENERATOR)
+    return path
+
+
+def test_user_subclass_plugs_into_a_recipe_by_name_and_trains(monkeypatch, capsys, tmp_path, user_generator,
+                                                             tiny_recipe_file):
+    recipe = tiny_recipe_file(**GEN_STAGE)
+    run = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--code", str(user_generator),
+                           "--out", str(run), "-q")
+    assert code == 0, err
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed" and status["generator"] == "test-mlp"
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "step-0000000.png", "step-0000002.png", "step-0000004.png"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,critic_loss,generator_loss") and len(rows) == 3
+    loaded = Generator.from_pretrained(run / "generator")
+    assert type(loaded).__name__ == "MLPGenerator" and loaded.config == {"image_size": 16, "channels": 1, "hidden": 16}
+    # The user's class also passes the contract.
+    contract = type("Contract", (GeneratorContract,), {
+        "image_size": 16, "channels": 1,
+        "make_generator": lambda self, size, ch: GENERATORS.get("test-mlp")(size, ch, hidden=8)})()
+    contract.test_samples_have_the_right_shape_and_range()
+    contract.test_critic_loss_backpropagates_into_the_critic_only()
+    contract.test_save_and_load_give_the_same_samples(tmp_path / "contract")
+
+
+def test_generator_pretraining_resumes_exactly(tmp_path, tiny_recipe, user_generator, monkeypatch):
+    from synthcl.cli.app import load_code
+
+    load_code([user_generator])
+    stage = dict(GEN_STAGE)
+    full = train(tiny_recipe(**{**stage, "train": {**stage["train"], "max_steps": 6}}), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(**{**stage, "train": {**stage["train"], "max_steps": 3}}), out=part, quiet=True)
+    train(tiny_recipe(**{**stage, "train": {**stage["train"], "max_steps": 6}}), out=part, resume=True, quiet=True)
+    from safetensors.torch import load_file
+
+    a = load_file(str(full / "generator/model.safetensors"))
+    b = load_file(str(part / "generator/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_writes_sample_grids_and_pair_ladders(monkeypatch, capsys, tmp_path, user_generator, tiny_recipe_file):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file(**GEN_STAGE)), "--code", str(user_generator),
+                   "--out", str(run), "-q")[0] == 0
+    code, out, err = run_cli(monkeypatch, capsys, "generate", str(run), "--n", "9", "--out", str(tmp_path / "g.png"),
+                             "--code", str(user_generator))
+    assert code == 0, err
+    assert Image.open(tmp_path / "g.png").size == (3 * 18 + 2, 3 * 18 + 2)
+    code, _, err = run_cli(monkeypatch, capsys, "generate", str(run), "--pairs", "--hardness", "2", "--steps", "3",
+                           "--n", "4", "--out", str(tmp_path / "p.png"), "--code", str(user_generator))
+    assert code == 0, err
+    assert Image.open(tmp_path / "p.png").size == (6 * 18 + 2, 4 * 18 + 2)
+
+
+def test_generate_on_a_folder_without_a_generator(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(code, err, "holds no generator")
+
+
+def test_unknown_generator_name(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file(**GEN_STAGE)), "generator.name=gann",
+                           "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, "unknown generator 'gann'; did you mean 'gan'?")
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, user_generator):
+    from synthcl.cli.app import load_code
+
+    load_code([user_generator])
+    cls = GENERATORS.get("test-mlp")
+    cls(16, 1, hidden=8).save_pretrained(tmp_path / "g")
+    config = json.loads((tmp_path / "g/config.json").read_text())
+    config["config"]["hidden"] = 12
+    (tmp_path / "g/config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="written by another architecture"):
+        Generator.from_pretrained(tmp_path / "g")
+
+
+def test_pretrained_generator_of_another_size_is_refused(tmp_path, tiny_recipe, user_generator):
+    from synthcl.cli.app import load_code
+    from synthcl.training.generator_loop import build_generator
+    from synthcl.training.loop import load_train_source
+
+    load_code([user_generator])
+    GENERATORS.get("test-mlp")(32, 1, hidden=8).save_pretrained(tmp_path / "g")
+    recipe = tiny_recipe(**{**GEN_STAGE, "generator": {"pretrained": str(tmp_path / "g")}})
+    with pytest.raises(DataError, match="makes 32-px 1-channel images but the data has 16-px"):
+        build_generator(recipe, load_train_source(recipe))
+
+
+def test_bad_generator_options_are_one_line(tmp_path, tiny_recipe):
+    at_32 = {"data": {"image_size": 32}}
+    with pytest.raises(ConfigError, match="preset 'huge'"):
+        train(tiny_recipe(**{**GEN_STAGE, **at_32, "generator": {"name": "gan", "options": {"preset": "huge"}}}),
+              out=tmp_path / "run", quiet=True)
+    with pytest.raises(ConfigError, match="generator.options"):
+        train(tiny_recipe(**{**GEN_STAGE, **at_32, "generator": {"name": "gan", "options": {"colour": 3}}}),
+              out=tmp_path / "run2", quiet=True)
+    with pytest.raises(RegistryError):
+        GENERATORS.get("nope")
+
+
+@pytest.mark.parametrize("override, fragment", [("data.image_size=20", "20"), ("data.image_size=100", "100")])
+def test_unsupported_image_size_for_the_gan(monkeypatch, capsys, tmp_path, tiny_recipe_file, override, fragment):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file(**GEN_STAGE)), "generator.name=gan",
+                           "generator.options={preset: tiny}", override, "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, fragment)
+
+
+def test_unsupported_channel_count_for_the_gan():
+    with pytest.raises(ConfigError, match="channels"):
+        GENERATORS.get("gan")(image_size=32, channels=2, preset="tiny")
