@@ -199,3 +199,26 @@ def test_unsupported_image_size_for_the_gan(monkeypatch, capsys, tmp_path, tiny_
 def test_unsupported_channel_count_for_the_gan():
     with pytest.raises(ConfigError, match="channels"):
         GENERATORS.get("gan")(image_size=32, channels=2, preset="tiny")
+
+
+def test_eval_generator_protocol_with_an_encoder(monkeypatch, capsys, tmp_path, user_generator, tiny_recipe_file):
+    import synthcl.eval.generator_eval as generator_eval
+
+    monkeypatch.setattr(generator_eval, "inception_features", lambda: None)  # the encoder path, fast
+    gen_run, learner_run = tmp_path / "gen", tmp_path / "learner"
+    assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file(**GEN_STAGE)), "--code", str(user_generator),
+                   "--out", str(gen_run), "-q")[0] == 0
+    assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(learner_run), "-q")[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(gen_run), "--protocol", "generator", "--n", "32", "-q",
+                           "--code", str(user_generator))
+    assert_one_line_error(code, err, "--encoder")
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(gen_run), "--protocol", "generator", "--n", "32",
+                             "--encoder", str(learner_run), "-q", "--code", str(user_generator))
+    assert code == 0, err
+    assert "encoder feature space" in out and "generator: Frechet distance" in out and "partner:" in out
+    result = json.loads((gen_run / "eval-generator.json").read_text())
+    assert "fd" in result["generator"] and "fid" not in result["generator"]
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(gen_run), "--protocol", "generator", "--n", "32",
+                             "--encoder", str(learner_run), "--init", "random", "-q", "--code", str(user_generator))
+    assert code == 0, err
+    assert (gen_run / "eval-generator-random.json").is_file()

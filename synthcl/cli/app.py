@@ -87,6 +87,13 @@ class ProtocolChoice(str, Enum):
     linear = "linear"
     knn = "knn"
     all = "all"
+    generator = "generator"
+
+
+class FeatureChoice(str, Enum):
+    auto = "auto"
+    inception = "inception"
+    encoder = "encoder"
 
 
 class InitChoice(str, Enum):
@@ -101,13 +108,32 @@ def evaluate(
     init: Annotated[
         InitChoice, typer.Option(help="Probe the trained backbone, or a randomly initialised copy (baseline).")
     ] = InitChoice.trained,
+    encoder: Annotated[
+        Optional[Path], typer.Option(help="generator protocol: a learner run whose backbone is the feature space.")
+    ] = None,
+    features: Annotated[
+        FeatureChoice, typer.Option(help="generator protocol: Inception (FID) or the --encoder's features.")
+    ] = FeatureChoice.auto,
+    n: Annotated[int, typer.Option("--n", help="generator protocol: samples per model.", min=2)] = 2000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
     code: CodeOption = None,
 ) -> None:
-    """Probe a run's frozen backbone: linear classifier and kNN on the full labelled data."""
+    """Probe a run's frozen backbone (linear classifier, kNN), or measure a generator run's samples."""
     from synthcl.eval import evaluate_run
 
     load_code(code or [])
+    if protocol is ProtocolChoice.generator:
+        from synthcl.eval.generator_eval import evaluate_generator
+
+        result = evaluate_generator(run_dir, encoder=encoder, features=features.value, n=n, init=init.value,
+                                    quiet=quiet)
+        distance = "FID" if "fid" in result["generator"] else "Frechet distance"
+        typer.echo(f"feature space: {result['feature_space']} ({n} samples)")
+        for name in ("generator", "partner"):
+            m = result[name]
+            value = m.get("fid", m.get("fd"))
+            typer.echo(f"{name}: {distance} {value:.2f}, KID {m['kid']:.4f} +- {m['kid_std']:.4f}")
+        return
     result = evaluate_run(run_dir, protocol.value, init=init.value, quiet=quiet)
     label = "" if init is InitChoice.trained else f" ({init.value} init)"
     if "linear_top1" in result:
