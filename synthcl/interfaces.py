@@ -139,9 +139,13 @@ class Generator(nn.Module, abc.ABC):
     def _partner_names(self) -> list[str]:
         critic = {id(p) for p in self.critic_parameters()}
         names = [n for n, p in self.named_parameters() if id(p) not in critic]
-        critic_modules = {n for n, m in self.named_modules() if n and any(id(p) in critic for p in m.parameters(recurse=False))}
+        # Child modules that belong wholly to the critic: their buffers (e.g. spectral-norm vectors) stay out.
+        critic_children = {
+            name for name, child in self.named_children()
+            if any(True for _ in child.parameters()) and all(id(p) in critic for p in child.parameters())
+        }
         buffers = [n for n, _ in self.named_buffers()
-                   if not n.startswith("partner_state.") and n.rsplit(".", 1)[0] not in critic_modules]
+                   if not n.startswith("partner_state.") and n.split(".", 1)[0] not in critic_children]
         return names + buffers
 
     def _init_partner(self) -> None:
