@@ -233,11 +233,19 @@ def test_generator_metrics_in_encoder_space_reports_fd_not_fid(shapes):
     good = generator_metrics(replay(held_out), real, extractor, n=64, batch_size=20)
     bad = generator_metrics(noise_sampler, real, extractor, n=64, batch_size=20)
     for result in (good, bad):
-        assert "fid" not in result and set(result) == {"fd", "kid", "kid_std", "feature_space", "n_fake", "n_real"}
+        assert "fid" not in result
+        assert set(result) == {"fd", "kid", "kid_std", "feature_space", "n_fake", "n_real", "real_features"}
         assert result["feature_space"] == "encoder feature space: tiny"
         assert result["n_fake"] == 64 and result["n_real"] == 64
     assert good["fd"] < bad["fd"]
     assert good["kid"] < bad["kid"]
+    # Reusing the real features gives the same numbers without extracting them again.
+    calls = []
+    counting = FeatureExtractor(lambda x: calls.append(len(x)) or extractor(x), extractor.label)
+    first = generator_metrics(replay(held_out), real, extractor, n=64, batch_size=64)
+    again = generator_metrics(replay(held_out), real, counting, n=64, batch_size=64, real_features=first["real_features"])
+    assert sum(calls) == 64  # the fake images only
+    assert again["fd"] == pytest.approx(first["fd"]) and again["kid"] == pytest.approx(first["kid"])
 
 
 def test_generator_metrics_names_fid_only_for_inception_space(shapes):

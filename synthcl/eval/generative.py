@@ -281,6 +281,7 @@ def generator_metrics(
     n: int = 5000,
     batch_size: int = 250,
     seed: int = 0,
+    real_features: Tensor | None = None,
 ) -> dict[str, Any]:
     """Fréchet distance and KID between generated and real images in one feature space.
 
@@ -296,10 +297,12 @@ def generator_metrics(
         n: number of generated images, and the cap on real ones; >= 2.
         batch_size: images per extractor call, >= 1.
         seed: seed of the real subset and of the KID subsets.
+        real_features: features of ``real`` from an earlier call with the same extractor, n and seed
+            (returned as ``"real_features"``), to measure several generators against one real set.
 
     Returns:
         ``{"fid" or "fd": float, "kid": float, "kid_std": float, "feature_space": extractor.label,
-        "n_fake": int, "n_real": int}``.
+        "n_fake": int, "n_real": int, "real_features": Tensor}``.
 
     Raises:
         ValueError: if ``real`` is not uint8 (N, C, H, W) with C 1 or 3 and N >= 2, ``n < 2``,
@@ -318,7 +321,8 @@ def generator_metrics(
     if real.shape[0] > n:
         index = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         real = real[index]
-    real_features = torch.cat([extractor(batch.float() / 127.5 - 1) for batch in real.split(batch_size)])
+    if real_features is None:
+        real_features = torch.cat([extractor(batch.float() / 127.5 - 1) for batch in real.split(batch_size)])
 
     # 2. Generated features, checked batch by batch against the real images' shape.
     fake_features = []
@@ -343,6 +347,7 @@ def generator_metrics(
         "feature_space": extractor.label,
         "n_fake": int(fake.shape[0]),
         "n_real": int(real_features.shape[0]),
+        "real_features": real_features,
     }
 
 

@@ -90,6 +90,7 @@ def evaluate_generator(
     images = torch.cat([x for x, _ in real.batches(1000, seed=seed, drop_last=False)])
     start = time.perf_counter()
     result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "n": n, "feature_space": extractor.label}
+    real_features = None
     for name, model in (("generator", generator), ("partner", None)):
         rng = torch.Generator().manual_seed(seed + 1)
 
@@ -99,7 +100,8 @@ def evaluate_generator(
 
         if not quiet:
             print(f"measuring the {name} on {n} samples ({extractor.label})")
-        metrics = generator_metrics(sample, images, extractor, n=n, seed=seed)
+        metrics = generator_metrics(sample, images, extractor, n=n, seed=seed, real_features=real_features)
+        real_features = metrics.pop("real_features")
         result[name] = {k: v for k, v in metrics.items() if k != "feature_space"}
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(run_dir / ("eval-generator.json" if init == "trained" else "eval-generator-random.json"), result)
