@@ -222,3 +222,29 @@ def test_eval_generator_protocol_with_an_encoder(monkeypatch, capsys, tmp_path, 
                              "--encoder", str(learner_run), "--init", "random", "-q", "--code", str(user_generator))
     assert code == 0, err
     assert (gen_run / "eval-generator-random.json").is_file()
+
+
+def test_nan_in_generator_pretraining_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_recipe, user_generator):
+    from synthcl.cli.app import load_code
+    from synthcl.errors import TrainingDiverged
+
+    load_code([user_generator])
+    base = GENERATORS.get("test-mlp")
+
+    class Diverging(base):
+        calls = 0
+
+        def realism_loss(self, fake, real):
+            type(self).calls += 1
+            loss = super().realism_loss(fake, real)
+            return loss * float("nan") if type(self).calls >= 3 else loss
+
+    GENERATORS.register("test-diverging", Diverging, override=True)
+    recipe = tiny_recipe(**{**GEN_STAGE, "generator": {**GEN_STAGE["generator"], "name": "test-diverging"},
+                            "train": {**GEN_STAGE["train"], "max_steps": 6, "log_every": 1, "checkpoint_every": 2}})
+    with pytest.raises(TrainingDiverged, match="at step 3") as info:
+        train(recipe, out=tmp_path / "run", quiet=True)
+    assert "step 2" in str(info.value)
+    meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
+    assert meta["step"] == 2
+    assert json.loads((tmp_path / "run/run.json").read_text())["status"] == "diverged"
