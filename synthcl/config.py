@@ -215,6 +215,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise wrong
     if origin is Literal:
+        if value is False and "no" in typing.get_args(tp):
+            value = "no"  # YAML 1.1 reads a bare `no` as false
         if value not in typing.get_args(tp):
             choices = [str(a) for a in typing.get_args(tp)]
             raise ConfigError(
@@ -241,6 +243,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise wrong
         return value
     if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                raise wrong from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
         return float(value)
@@ -444,7 +451,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
-    return data if data is not None else {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (data:, model:, ...), not a {type(data).__name__}")
+    return data
+
+
+def read_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe stored in a run directory.
+
+    Raises:
+        RunDirError: if it is missing, unreadable or no longer valid.
+    """
+    from synthcl.errors import RunDirError
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a synthcl run directory (no recipe.yaml)")
+    try:
+        return recipe_from_dict(read_yaml(path))
+    except ConfigError as err:
+        raise RunDirError(f"{path} is damaged or no longer valid: {err}") from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

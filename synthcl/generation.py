@@ -33,14 +33,12 @@ def load_generator(path: str | Path) -> Generator:
 
 def _from_checkpoint(run_dir: Path) -> Generator:
     """A generator run that has not finished: rebuild it from the recipe and the last checkpoint."""
-    import yaml
-
-    from synthcl.config import recipe_from_dict
+    from synthcl.config import read_run_recipe
     from synthcl.training.checkpoint import LAST, load_weights
     from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import RECIPE_FILE, load_train_source
+    from synthcl.training.loop import load_train_source
 
-    recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
+    recipe = read_run_recipe(run_dir)
     if recipe.stage != "generator":
         raise RunDirError(f"{run_dir} is a learner run, not a generator run")
     generator = build_generator(recipe, load_train_source(recipe))

@@ -87,12 +87,16 @@ class Generator(nn.Module, abc.ABC):
                 if outermost:
                     object.__setattr__(self, "_initialising", False)
             if outermost:
-                bound = inspect.signature(original).bind(self, *args, **kw)
+                signature = inspect.signature(original)
+                bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
                 config = {k: v for k, v in bound.arguments.items() if k != "self"}
-                for name, param in inspect.signature(original).parameters.items():
+                for name, param in signature.parameters.items():
                     if param.kind is inspect.Parameter.VAR_KEYWORD:
                         config.update(config.pop(name, {}))
+                    elif param.kind is inspect.Parameter.VAR_POSITIONAL and config.pop(name, ()):
+                        # Options are saved by name and passed back by name: *args cannot round-trip.
+                        raise TypeError(f"{cls.__name__}: generator options must be named, not passed via *{name}")
                 self.config = config
                 self._init_partner()
 
@@ -162,12 +166,19 @@ class Generator(nn.Module, abc.ABC):
     @torch.no_grad()
     def partner(self, z: Tensor) -> Tensor:
         """Images of the moving-average partner for latents ``z`` (no gradient)."""
-        return torch.func.functional_call(self, self.partner_tensors(), (z,), strict=False)
+        # Clones: a train-mode forward (BatchNorm) must not write into the partner's own statistics.
+        tensors = {k: (v if v.is_floating_point() and k in self._partner_parameter_names() else v.clone())
+                   for k, v in self.partner_tensors().items()}
+        return torch.func.functional_call(self, tensors, (z,), strict=False)
+
+    def _partner_parameter_names(self) -> set[str]:
+        return {n for n, _ in self.named_parameters()}
 
     @torch.no_grad()
     def update_partner(self, momentum: float) -> None:
-        """partner <- momentum * partner + (1 - momentum) * generator (buffers are copied).
+        """partner <- momentum * partner + (1 - momentum) * generator.
 
+        Float buffers (e.g. BatchNorm statistics) are averaged the same way; integer ones are copied.
         ``momentum=0`` makes the partner an exact copy; ``1`` leaves it unchanged.
         """
         current = dict(self.named_parameters()) | dict(self.named_buffers())
@@ -225,13 +236,15 @@ class Generator(nn.Module, abc.ABC):
         from synthcl.training.checkpoint import save_weights
 
         folder = Path(folder)
+        # Everything that can fail comes before the first write, so no half export is left behind.
+        try:
+            config = json.loads(json.dumps(self.config))
+        except TypeError as err:
+            raise ValueError(f"generator options must be JSON-serialisable to be saved: {err}") from None
+        meta = {"generator": self.registry_name(), "synthcl_version": synthcl.__version__, "config": config}
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(self, folder / "model.safetensors")
-        atomic_write_json(folder / "config.json", {
-            "generator": self.registry_name(),
-            "synthcl_version": synthcl.__version__,
-            "config": json.loads(json.dumps(self.config)),
-        })
+        atomic_write_json(folder / "config.json", meta)
         return folder
 
     @classmethod
@@ -260,6 +273,9 @@ class Generator(nn.Module, abc.ABC):
             raise CheckpointError(f"{folder}: {err}") from None
         if cls is not Generator and not issubclass(target, cls):
             raise CheckpointError(f"{folder} holds a '{name}' generator, not a {cls.__name__}")
-        model = target(**{**config, **overrides})
+        try:
+            model = target(**{**config, **overrides})
+        except TypeError as err:
+            raise CheckpointError(f"{folder}: the '{name}' generator does not accept these options ({err})") from None
         load_weights(model, folder / "model.safetensors")
         return model

@@ -163,3 +163,53 @@ def test_code_option_registers_a_user_learner(monkeypatch, capsys, tmp_path, tin
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "model.learner=my-simclr",
                            "--code", str(plugin), "--out", str(tmp_path / "run"), "-q")
     assert code == 0, err
+
+
+def test_recipe_that_is_not_a_mapping(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(path), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "must be a mapping of sections")
+
+
+def test_output_path_that_is_a_file(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(target), "-q")
+    assert_one_line_error(code, err, "is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_generate_on_a_learner_run(monkeypatch, capsys, tmp_path, trained_run):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", str(trained_run), "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(code, err, "is a learner run, not a generator run")
+
+
+def test_output_under_a_file_is_an_os_error_in_one_line(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    (tmp_path / "file.txt").write_text("x")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()),
+                           "--out", str(tmp_path / "file.txt" / "run"), "-q")
+    assert_one_line_error(code, err, "file.txt")
+
+
+def test_eval_linear_on_a_generator_run_points_to_the_generator_protocol(monkeypatch, capsys, tmp_path,
+                                                                       tiny_recipe_file):
+    run = tmp_path / "gen"
+    recipe = tiny_recipe_file(stage="generator", generator={"name": "gan", "options": {"preset": "tiny"}},
+                              data={"image_size": 28}, train={"max_steps": 2})
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(run))
+    assert_one_line_error(code, err, "--protocol generator")
+
+
+def test_corrupt_run_recipe_is_one_line(monkeypatch, capsys, trained_run):
+    (trained_run / "recipe.yaml").write_text("optim: [unclosed\n")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(trained_run))
+    assert_one_line_error(code, err, "recipe.yaml")
+
+
+def test_yaml_no_and_exponent_without_dot_are_understood():
+    from synthcl.config import load_recipe
+
+    recipe = load_recipe("quickstart", ["train.precision=no", "optim.lr=1e-3"])
+    assert recipe.train.precision == "no" and recipe.optim.lr == 1e-3

@@ -248,3 +248,29 @@ def test_nan_in_generator_pretraining_stops_and_keeps_the_last_good_checkpoint(t
     meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
     assert meta["step"] == 2
     assert json.loads((tmp_path / "run/run.json").read_text())["status"] == "diverged"
+
+
+def test_partner_forward_in_train_mode_leaves_its_statistics_alone():
+    gen = GENERATORS.get("gan")(image_size=28, channels=1, preset="tiny").train()
+    before = {k: v.clone() for k, v in gen.partner_tensors().items()}
+    gen.partner(gen.sample_latents(4))
+    assert all(torch.equal(before[k], v) for k, v in gen.partner_tensors().items())
+
+
+def test_positional_varargs_cannot_be_generator_options():
+    class Odd(Generator):
+        def __init__(self, image_size, channels, *extra):
+            super().__init__(image_size, channels)
+
+        def sample_latents(self, n, generator=None):
+            return torch.zeros(n, 1)
+
+        def forward(self, z):
+            return torch.zeros(len(z), 1, 8, 8)
+
+        def realism_loss(self, fake, real):
+            return fake.mean()
+
+    Odd(8, 1)  # no extra positional options: fine
+    with pytest.raises(TypeError, match="must be named"):
+        Odd(8, 1, 5)

@@ -175,3 +175,34 @@ def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, t
     train(recipe, out=run, resume=True, quiet=True)
     a, b = _weights(full), _weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_after_a_crash_mid_swap(tmp_path, tiny_recipe):
+    full = train(tiny_recipe(train={"max_steps": 6, "checkpoint_every": 3}), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(train={"max_steps": 3, "checkpoint_every": 3}), out=part, quiet=True)
+    # A crash between the two renames of a checkpoint swap leaves only .last.old.
+    (part / "checkpoints/last").rename(part / "checkpoints/.last.old")
+    train(tiny_recipe(train={"max_steps": 6, "checkpoint_every": 3}), out=part, resume=True, quiet=True)
+    a, b = _weights(full), _weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_when_progress_was_recorded_but_no_checkpoint_is_left(tmp_path, tiny_recipe):
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    before = (run / "metrics.csv").read_text()
+    with pytest.raises(RunDirError, match="holds no checkpoint"):
+        train(tiny_recipe(), out=run, resume=True, quiet=True)
+    assert (run / "metrics.csv").read_text() == before
+
+
+def test_eval_uses_the_newest_weights_after_a_run_is_extended(tmp_path, tiny_recipe):
+    from synthcl.eval.run import load_run_backbone
+
+    run = train(tiny_recipe(train={"max_steps": 2}), out=tmp_path / "run", quiet=True)
+    train(tiny_recipe(train={"max_steps": 4}), out=run, resume=True, quiet=True)
+    _, info = load_run_backbone(run)
+    assert info["step"] == 4

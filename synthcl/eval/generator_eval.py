@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 
-from synthcl.config import recipe_from_dict
+from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
 from synthcl.errors import ConfigError, RunDirError
 from synthcl.eval.generative import encoder_features, generator_metrics, inception_features
@@ -25,7 +24,7 @@ def _initial_generator(run_dir: Path) -> Generator:
     from synthcl.training.generator_loop import build_generator
     from synthcl.training.loop import load_train_source
 
-    recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
+    recipe = read_run_recipe(run_dir)
     source = load_train_source(recipe)
     torch.manual_seed(recipe.train.seed)
     return build_generator(recipe, source).eval()
@@ -66,7 +65,9 @@ def evaluate_generator(
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
-    recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
+    recipe = read_run_recipe(run_dir)
+    if recipe.stage != "generator":
+        raise RunDirError(f"{run_dir} is a learner run; --protocol generator needs a generator run")
     generator = _initial_generator(run_dir) if init == "random" else load_generator(run_dir)
 
     extractor = None

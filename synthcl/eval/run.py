@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from torch import nn
 
-from synthcl.config import recipe_from_dict
+from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
-from synthcl.errors import ConfigError, RunDirError
+from synthcl.errors import CheckpointError, RunDirError
 from synthcl.eval.probes import extract_features, knn_accuracy, linear_probe
 from synthcl.io import atomic_write_json
 from synthcl.nn.backbones import build_backbone
@@ -21,6 +20,18 @@ from synthcl.training.checkpoint import LAST, load_weights
 from synthcl.training.loop import RECIPE_FILE, is_run_dir
 
 Protocol = Literal["linear", "knn", "all"]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path} is truncated or corrupt") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is truncated or corrupt")
+    return data
 
 
 def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, dict[str, Any]]:
@@ -36,16 +47,20 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE}); pass the --out of a train run")
-    export = run_dir / "backbone.json"
+    if read_run_recipe(run_dir).stage == "generator":
+        raise RunDirError(f"{run_dir} is a generator run; measure it with --protocol generator")
+    export = _read_json(run_dir / "backbone.json")
     checkpoint = run_dir / "checkpoints" / LAST
-    if export.is_file():
-        info = json.loads(export.read_text())
-        weights, prefix = run_dir / "backbone.safetensors", ""
-    elif (checkpoint / "meta.json").is_file():
-        info = json.loads((checkpoint / "meta.json").read_text())
-        weights, prefix = checkpoint / "weights.safetensors", "backbone."
+    meta = _read_json(checkpoint / "meta.json")
+    # A run resumed past its export has a newer checkpoint than backbone.safetensors: use the newest.
+    if export is not None and (meta is None or int(meta.get("step", 0)) <= int(export.get("step", 0))):
+        info, weights, prefix = export, run_dir / "backbone.safetensors", ""
+    elif meta is not None:
+        info, weights, prefix = meta, checkpoint / "weights.safetensors", "backbone."
     else:
         raise RunDirError(f"run {run_dir} has no checkpoint yet; train it further or resume it")
+    if "backbone" not in info or "options" not in info:
+        raise CheckpointError(f"{run_dir}: the backbone description is incomplete; retrain or resume the run")
     torch.manual_seed(0)
     backbone = build_backbone(info["backbone"], info["in_channels"], **info["options"])
     if init == "random":
@@ -75,10 +90,7 @@ def evaluate_run(
     """
     run_dir = Path(run_dir)
     backbone, info = load_run_backbone(run_dir, init)
-    try:
-        recipe = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()))
-    except ConfigError as err:
-        raise RunDirError(f"{run_dir / RECIPE_FILE} is not a valid recipe: {err}") from None
+    recipe = read_run_recipe(run_dir)
     d, e = recipe.data, recipe.eval
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not recipe.train.cpu else "cpu"))
     backbone.to(dev)

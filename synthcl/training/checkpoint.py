@@ -129,6 +129,8 @@ def load_checkpoint(path: Path, learner: nn.Module) -> tuple[dict[str, Any], dic
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise ValueError("meta.json has no step")
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
     return state, meta

@@ -32,6 +32,7 @@ from synthcl.training.loop import (
     load_train_source,
     make_accelerator,
     prepare_run_dir,
+    resumable_checkpoint,
     step_seed,
 )
 from synthcl.viz import save_sample_grid
@@ -114,8 +115,8 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     # 2. Resume.
     start_step = 0
     checkpoint = run_dir / "checkpoints" / LAST
-    if resume and (checkpoint / "meta.json").is_file():
-        state, meta = load_checkpoint(checkpoint, generator)
+    if resume and (found := resumable_checkpoint(run_dir)) is not None:
+        state, meta = load_checkpoint(found, generator)
         g_opt.load_state_dict(state["generator_optimizer"])
         if d_opt is not None:
             d_opt.load_state_dict(state["critic_optimizer"])

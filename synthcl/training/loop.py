@@ -18,7 +18,7 @@ import yaml
 
 import synthcl
 from synthcl.augment import ViewAugment
-from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from synthcl.config import Recipe, dump_recipe, load_recipe, read_run_recipe, recipe_from_dict, recipe_to_dict
 from synthcl.data import ImageSource, load_dataset, take_fraction
 from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
 from synthcl.interfaces import ContrastiveLearner
@@ -70,7 +70,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
     if resume:
         if not is_run_dir(run_dir):
             raise RunDirError(f"cannot resume: {run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
-        stored = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+        stored = recipe_to_dict(read_run_recipe(run_dir))
         diffs = _recipe_differences(stored, recipe_to_dict(recipe))
         if diffs:
             raise ConfigError(
@@ -78,6 +78,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
                 "resume with the run's own recipe"
             )
         return recipe
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output path {run_dir} is a file, not a directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not is_run_dir(run_dir):
             raise RunDirError(f"output directory {run_dir} exists and is not empty; choose another --out")
@@ -88,6 +90,29 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return recipe
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resumed run starts from; None for a run stopped before its first checkpoint.
+
+    A crash between the two renames of a checkpoint swap leaves only ``.last.old``: it is used then.
+
+    Raises:
+        RunDirError: if the run recorded progress but no checkpoint is left (nothing is overwritten).
+    """
+    import json
+
+    folder = run_dir / "checkpoints"
+    for candidate in (folder / LAST, folder / f".{LAST}.old"):
+        if (candidate / "meta.json").is_file():
+            return candidate
+    try:
+        recorded = int(json.loads((run_dir / STATUS_FILE).read_text()).get("step", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        recorded = 0
+    if recorded > 0:
+        raise RunDirError(f"{run_dir} recorded {recorded} steps but holds no checkpoint to resume from")
+    return None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -283,8 +308,8 @@ def train(
     # 4. Resume: weights, optimizer and schedule from checkpoints/last.
     start_step = 0
     checkpoint = run_dir / "checkpoints" / LAST
-    if resume and (checkpoint / "meta.json").is_file():
-        state, meta = load_checkpoint(checkpoint, learner)
+    if resume and (found := resumable_checkpoint(run_dir)) is not None:
+        state, meta = load_checkpoint(found, learner)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = int(meta["step"])
@@ -339,6 +364,16 @@ def train(
                 f"loss became {float(bad_loss):.4g} at step {int(first)}; stopped. "
                 f"Last good checkpoint: {where}. Try a lower optim.lr or set optim.grad_clip"
             )
+
+    def stop_agreed(requested: bool, done: int) -> bool:
+        # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
+        # others start the next step's all-reduce would hang. Processes agree at each log step.
+        if world == 1:
+            return requested
+        if done % t.log_every and done != run_steps:
+            return False
+        flag = torch.tensor(float(requested), device=device)
+        return bool(accelerator.reduce(flag, reduction="sum") > 0)
 
     learner.train()
     batches = None
@@ -398,7 +433,7 @@ def train(
                     checkpoint_now(done)
                     last_good = done
                     write_status("running", done)
-                if stop.requested:
+                if stop_agreed(stop.requested, done):
                     check_divergence()
                     checkpoint_now(done)
                     write_status("interrupted", done)
