@@ -339,7 +339,9 @@ def generator_metrics(
 
     # 3. Distances in that feature space.
     distance = frechet_distance(fake, real_features)
-    kid, kid_std = kernel_inception_distance(fake, real_features, seed=seed)
+    # Subsets of half the smaller set, so that the spread over subsets means something at small n.
+    subset = max(2, min(1000, min(fake.shape[0], real_features.shape[0]) // 2))
+    kid, kid_std = kernel_inception_distance(fake, real_features, subset_size=subset, seed=seed)
     return {
         "fid" if extractor.is_inception else "fd": distance,
         "kid": kid,
