@@ -474,6 +474,13 @@ class ViewAugment(torch.nn.Module):
         """
         return self._augment(images, [view], generator)
 
+    def standardize(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] -> normalised with this module's mean/std, without augmenting
+        (e.g. to show un-augmented images to the learner)."""
+        if not self.normalize:
+            return images
+        return (images - self.mean.to(images.dtype).view(1, -1, 1, 1)) / self.std.to(images.dtype).view(1, -1, 1, 1)
+
     def views(self, images: Tensor, n_views: int = 2, generator: torch.Generator | None = None) -> Tensor:
         """``n_views`` random views of every image, drawn in one batched pass.
 

@@ -163,6 +163,44 @@ class GeneratorConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    mode: Literal["none", "static", "hard-samples", "hard-pairs", "joint"] = "none"
+    """none: plain CL; static: a frozen pretrained generator's samples as extra instances; hard-samples:
+    the generator maximises the learner's loss on its samples; hard-pairs: (generator, partner) positive
+    pairs; joint: both (the paper's method)."""
+    ratio: float = 0.5
+    """Synthetic latents per real image in a batch."""
+    warmup_steps: int = 0
+    """Learner steps before synthetic samples enter; the generator keeps training for realism meanwhile."""
+    generator_every: int = 1
+    """Learner steps between generator (and critic) updates."""
+    lambda_hard: float = 1.0
+    """Weight of the learner's loss in the generator objective at the end of warm-up..."""
+    lambda_hard_final: float | None = None
+    """...changing linearly to this by the end of training (None: constant)."""
+    lambda_real: float = 1.0
+    """Weight of the realism term in the generator objective."""
+    hardness: float = 0.0
+    """Latent perturbation of the partner branch of a pair at the end of warm-up..."""
+    hardness_final: float = 0.0
+    """...changing linearly to this by the end of training..."""
+    hardness_cap: float = 1.0
+    """...and never above this (too hard a pair stops being a positive)."""
+    partner_momentum: float = 0.999
+    """EMA momentum of the partner at the end of warm-up (higher: it lags more, pairs differ more)..."""
+    partner_momentum_final: float | None = None
+    """...changing linearly to this (None: constant)."""
+    backoff: float = 0.5
+    """On signs of divergence, lambda_hard is multiplied by this."""
+    min_pair_similarity: float = 0.05
+    """The learner's cosine between the two members of a pair below this counts as divergence."""
+    min_sample_std: float = 0.02
+    """Pixel standard deviation across generated samples below this counts as a collapse."""
+    sample_every: int = 500
+    """Learner steps between grids of samples and positive pairs."""
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     description: str = ""
@@ -175,6 +213,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,6 +388,22 @@ def validate(recipe: Recipe) -> None:
     _check(g.critic_steps >= 1, f"generator.critic_steps must be >= 1, got {g.critic_steps}")
     _check(0.0 <= g.partner_momentum <= 1.0, f"generator.partner_momentum must be in [0, 1], got {g.partner_momentum}")
     _check(g.sample_every >= 1 and g.samples >= 1, "generator.sample_every and generator.samples must be >= 1")
+    sy = recipe.synthesis
+    _check(sy.ratio > 0, f"synthesis.ratio must be > 0, got {sy.ratio}")
+    _check(sy.warmup_steps >= 0, f"synthesis.warmup_steps must be >= 0, got {sy.warmup_steps}")
+    _check(sy.generator_every >= 1, f"synthesis.generator_every must be >= 1, got {sy.generator_every}")
+    _check(sy.lambda_hard >= 0 and sy.lambda_real >= 0, "synthesis.lambda_hard and synthesis.lambda_real must be >= 0")
+    _check(0 <= sy.hardness <= sy.hardness_cap and 0 <= sy.hardness_final,
+           f"synthesis.hardness must be in [0, hardness_cap], got {sy.hardness} (cap {sy.hardness_cap})")
+    for key in ("partner_momentum", "partner_momentum_final"):
+        value = getattr(sy, key)
+        _check(value is None or 0.0 <= value <= 1.0, f"synthesis.{key} must be in [0, 1], got {value}")
+    _check(0 < sy.backoff < 1, f"synthesis.backoff must be in (0, 1), got {sy.backoff}")
+    if sy.mode != "none" and recipe.stage == "learner":
+        _check(g.name is not None or g.pretrained is not None,
+               f"synthesis.mode '{sy.mode}' needs a generator: set generator.name or generator.pretrained")
+    if sy.mode == "static":
+        _check(g.pretrained is not None, "synthesis.mode 'static' uses a frozen pretrained generator: set generator.pretrained")
     if recipe.stage == "generator":
         _check(g.name is not None or g.pretrained is not None,
                "stage 'generator' needs generator.name (e.g. gan) or generator.pretrained")

@@ -91,6 +91,7 @@ def save_checkpoint(
     training_state: dict[str, Any],
     meta: dict[str, Any],
     name: str = LAST,
+    extra: dict[str, nn.Module] | None = None,
 ) -> Path:
     """Write ``checkpoints/<name>`` as a whole: a crash leaves the previous checkpoint intact.
 
@@ -101,6 +102,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
     try:
         save_file(_tensors(learner), str(tmp / "weights.safetensors"))
+        for key, module in (extra or {}).items():  # e.g. the generator trained jointly with the learner
+            save_file(_tensors(module), str(tmp / f"{key}.safetensors"))
         torch.save(training_state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
@@ -117,7 +120,7 @@ def save_checkpoint(
     return folder / name
 
 
-def load_checkpoint(path: Path, learner: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_checkpoint(path: Path, learner: nn.Module, extra: dict[str, nn.Module] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load learner weights from a checkpoint folder; return (training_state, meta).
 
     Raises:
@@ -126,6 +129,8 @@ def load_checkpoint(path: Path, learner: nn.Module) -> tuple[dict[str, Any], dic
     if not (path / "meta.json").is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     load_weights(learner, path / "weights.safetensors")
+    for key, module in (extra or {}).items():
+        load_weights(module, path / f"{key}.safetensors")
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((path / "meta.json").read_text())

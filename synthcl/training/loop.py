@@ -26,6 +26,7 @@ from synthcl.io import atomic_write_json, atomic_write_text
 from synthcl.nn.backbones import build_backbone
 from synthcl.progress import ProgressBar
 from synthcl.registry import LEARNERS
+from synthcl.synthesis.engine import build_synthesizer
 from synthcl.training.checkpoint import LAST, export_backbone, load_checkpoint, save_checkpoint
 from synthcl.training.optim import build_optimizer, build_scheduler
 
@@ -304,14 +305,18 @@ def train(
         learner = learner.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(learner, o)
     scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
+    synth = build_synthesizer(recipe, source, device, total_steps)
+    extra_modules = {"generator": synth.generator} if synth is not None else None
 
     # 4. Resume: weights, optimizer and schedule from checkpoints/last.
     start_step = 0
     checkpoint = run_dir / "checkpoints" / LAST
     if resume and (found := resumable_checkpoint(run_dir)) is not None:
-        state, meta = load_checkpoint(found, learner)
+        state, meta = load_checkpoint(found, learner, extra_modules)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if synth is not None:
+            synth.load_state_dict(state["synthesis"])
         start_step = int(meta["step"])
 
     learner, optimizer = accelerator.prepare(learner, optimizer)
@@ -328,6 +333,7 @@ def train(
         "feature_dim": unwrapped.backbone.feature_dim,
         "normalization": {"mean": mean, "std": std},
         "dataset": recipe.data.dataset,
+        "synthesis": recipe.synthesis.mode,
         "processes": world,
         "synthcl_version": synthcl.__version__,
     }
@@ -340,13 +346,18 @@ def train(
         if main:
             state = {"optimizer": optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "step": step}
-            save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info})
+            if synth is not None:
+                state["synthesis"] = synth.state_dict()
+            save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info},
+                            extra=extra_modules)
         accelerator.wait_for_everyone()
 
     write_status("running", start_step)
-    metrics = MetricsLog(run_dir, start_step, enabled=main)
+    columns = METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else [])
+    metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
     local_batch = t.batch_size // world
     group_offset = rank * local_batch
+    n_synthetic = max(1, round(recipe.synthesis.ratio * local_batch))
     generator = torch.Generator(device=device)
     loss_sum = torch.zeros((), device=device)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
@@ -354,7 +365,25 @@ def train(
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
     last_good = start_step
 
+    def frozen_learner_loss(views: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        # The learner as a fixed function: no gradients into its parameters, and its BatchNorm
+        # statistics untouched (they are cloned), while gradients still reach the input views.
+        tensors = {k: v.detach() for k, v in unwrapped.named_parameters()}
+        tensors |= {k: v.clone() for k, v in unwrapped.named_buffers()}
+        return torch.func.functional_call(unwrapped, tensors, (views, groups))
+
+    def learner_features(images: torch.Tensor) -> torch.Tensor:
+        was_training = unwrapped.training
+        unwrapped.eval()
+        out = unwrapped.features(augment.standardize(images))
+        unwrapped.train(was_training)
+        return out
+
     def check_divergence() -> None:
+        if synth is not None and synth.failure is not None:
+            write_status("diverged", last_good, diverged_at=None)
+            where = f"{run_dir / 'checkpoints' / LAST} (step {last_good})" if last_good else "none yet"
+            raise TrainingDiverged(f"{synth.failure}; stopped. Last good checkpoint: {where}")
         # One host sync per log/checkpoint interval rather than per step.
         first = accelerator.reduce(bad_step.clone(), reduction="max") if world > 1 else bad_step
         if int(first) >= 0:
@@ -394,7 +423,18 @@ def train(
                     views = views.contiguous(memory_format=torch.channels_last)
                 groups = (torch.arange(images.shape[0], device=device) + group_offset).repeat(views_per_image)
 
-                # 6. Learner step on the views (synthetic views join here in the generator schemes).
+                # 6. Synthetic views: samples (or positive pairs) of the generator, their own group ids
+                #    after every process's real ids, detached for the learner step.
+                if synth is not None:
+                    synthetic = synth.synthesize(step, images.shape[0], t.batch_size + rank * n_synthetic,
+                                                 augment.views, generator)
+                    if synthetic is not None:
+                        views = torch.cat([views, synthetic[0].to(views.dtype)])
+                        groups = torch.cat([groups, synthetic[1]])
+                        if t.channels_last:
+                            views = views.contiguous(memory_format=torch.channels_last)
+
+                # 7. Learner step on real and synthetic views.
                 loss = learner(views, groups)
                 accelerator.backward(loss)
                 if o.grad_clip is not None:
@@ -403,10 +443,15 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
-                # 7. Momentum encoders and queues.
+                # 8. Momentum encoders and queues.
                 unwrapped.on_step_end(step + 1, total_steps)
 
-                # 8. Bookkeeping without host syncs: divergence is flagged on the device.
+                # 9. Critic and generator steps (learner frozen), then the moving-average partner.
+                if synth is not None:
+                    synth.update_generator(step, images.float().div(127.5).sub(1.0), frozen_learner_loss)
+                    synth.update_partner(step)
+
+                # 10. Bookkeeping without host syncs: divergence is flagged on the device.
                 detached = loss.detach().float()
                 newly_bad = (~torch.isfinite(detached)) & (bad_step < 0)
                 bad_step = torch.where(newly_bad, step + 1, bad_step)
@@ -424,10 +469,14 @@ def train(
                         "images_per_s": interval_steps * t.batch_size / (now - interval_start),
                         "elapsed_s": now - run_start,
                     }
+                    if synth is not None:
+                        row |= synthesis_row(synth, done, learner_features)
                     metrics.write(row)
                     bar.update(done, loss=row["loss"], lr=row["lr"])
                     loss_sum.zero_()
                     interval_start, interval_steps = now, 0
+                if synth is not None and main and (done % recipe.synthesis.sample_every == 0 or done == run_steps):
+                    write_synthesis_grids(synth, run_dir, done)
                 if done % t.checkpoint_every == 0 or done == run_steps:
                     check_divergence()
                     checkpoint_now(done)
@@ -443,12 +492,47 @@ def train(
         finally:
             metrics.close()
 
-    # 9. Export the backbone for evaluation and mark the run complete.
+    # 11. Export the backbone for evaluation (and the generator) and mark the run complete.
     if main:
         export_backbone(run_dir, unwrapped.backbone, {**info, "step": run_steps})
+        if synth is not None:
+            synth.generator.save_pretrained(run_dir / "generator")
     write_status("completed", run_steps)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+SYNTHESIS_COLUMNS = ["critic_loss", "generator_loss", "hard_loss", "lambda_hard", "hardness", "partner_momentum",
+                     "pair_ssim", "pair_cosine", "sample_std", "backoffs", "t_synthesize_s", "t_critic_s",
+                     "t_generator_s"]
+
+
+def synthesis_row(synth: Any, step: int, features: Any) -> dict[str, float]:
+    """The synthesis columns of a metrics row: losses, schedules, pair similarity, phase times."""
+    row = {k: float("nan") for k in SYNTHESIS_COLUMNS}
+    row.update({k: float(v) for k, v in synth.last.items()})
+    row.update(synth.schedule(step))
+    row.update(synth.measure_pairs(step, features))
+    row["backoffs"] = synth.backoffs
+    row.update({f"t_{k}_s": v for k, v in synth.times.items()})
+    synth.times = dict.fromkeys(synth.times, 0.0)
+    return row
+
+
+def write_synthesis_grids(synth: Any, run_dir: Path, step: int) -> None:
+    """Grids of samples and of positive pairs (fixed latents) under samples/ and pairs/."""
+    from synthcl.viz import save_pair_ladder, save_sample_grid
+
+    g = synth.generator
+    was_training = g.training
+    g.eval()
+    with torch.no_grad():
+        device = next(g.parameters()).device
+        z = g.sample_latents(16, torch.Generator(device=device).manual_seed(0))
+        save_sample_grid(g(z), run_dir / "samples" / f"step-{step:07d}.png")
+        pair = g.pair(z[:8], synth.schedule(step)["hardness"], generator=torch.Generator(device=device).manual_seed(1))
+        save_pair_ladder([pair], run_dir / "pairs" / f"step-{step:07d}.png")
+    g.train(was_training)
 
 
 def make_accelerator(**kwargs: Any) -> Any:

@@ -1,0 +1,238 @@
+"""The synthesis side of one training iteration (METHOD.md steps 2, 4, 5, 6), for any generator.
+
+The training loop owns the learner; a :class:`Synthesizer` owns the generator, its optimizers and the
+schedules, and is called at fixed points of the loop:
+
+1. ``synthesize``: latents -> samples (and partner samples) -> augmented synthetic views with group ids,
+   returned detached for the learner step; the views keep their graph for the generator step, so the
+   generator's forward pass and the augmentation are computed once per iteration.
+2. ``update_generator``: the critic step on real vs. detached fake images, then the generator step
+   ``lambda_real * realism - lambda_hard * learner_loss(synthetic views)`` with the learner frozen.
+3. ``update_partner``: the moving-average partner, with the momentum from its schedule.
+
+Stability: a non-finite generator loss, a collapse of the samples (no variety left) or pairs that the
+learner no longer sees as similar multiply lambda_hard by ``backoff`` (logged); after enough back-offs
+the run stops with a clear message, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from synthcl.config import GeneratorConfig, SynthesisConfig
+from synthcl.interfaces import Generator
+
+TRAINS_GENERATOR = {"hard-samples", "hard-pairs", "joint"}
+USES_PAIRS = {"hard-pairs", "joint"}
+HARD_TERM = {"hard-samples", "joint"}
+MAX_BACKOFFS = 10
+
+
+def linear(start: float, end: float | None, progress: float) -> float:
+    """``start`` moving linearly to ``end`` (None: constant) as ``progress`` goes from 0 to 1."""
+    if end is None:
+        return start
+    return start + (end - start) * min(max(progress, 0.0), 1.0)
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """Generator images in [-1, 1] -> [0, 1], what the augmentation expects."""
+    return (images + 1) * 0.5
+
+
+class Synthesizer:
+    """Generator, optimizers and schedules of one synthesis mode.
+
+    Args:
+        config: the recipe's ``synthesis`` section.
+        gen_config: the recipe's ``generator`` section (learning rates, betas, critic steps).
+        generator: the generator, already on the training device.
+        total_steps: learner steps of the whole schedule.
+    """
+
+    def __init__(self, config: SynthesisConfig, gen_config: GeneratorConfig, generator: Generator,
+                 total_steps: int) -> None:
+        self.config, self.gen_config, self.generator = config, gen_config, generator
+        self.mode = config.mode
+        self.total_steps = total_steps
+        self.trains_generator = self.mode in TRAINS_GENERATOR
+        self.g_opt = self.d_opt = None
+        if self.trains_generator:
+            betas = tuple(gen_config.betas)
+            self.g_opt = torch.optim.Adam(generator.generator_parameters(), lr=gen_config.lr, betas=betas)
+            critic = list(generator.critic_parameters())
+            if critic:
+                self.d_opt = torch.optim.Adam(critic, lr=gen_config.critic_lr, betas=betas)
+            generator.train()
+        else:
+            generator.requires_grad_(False)
+            generator.eval()
+        self.lambda_scale = 1.0
+        self.backoffs = 0
+        self.failure: str | None = None
+        self._fake: Tensor | None = None
+        self._views: Tensor | None = None
+        self._groups: Tensor | None = None
+        self.last: dict[str, float] = {}
+        self.times = {"synthesize": 0.0, "critic": 0.0, "generator": 0.0}
+
+    # -- schedules ------------------------------------------------------------------------------------
+
+    def active(self, step: int) -> bool:
+        """Whether synthetic views enter the learner's batch at ``step`` (after the warm-up)."""
+        return self.mode != "none" and step >= self.config.warmup_steps
+
+    def schedule(self, step: int) -> dict[str, float]:
+        c = self.config
+        span = max(1, self.total_steps - c.warmup_steps)
+        progress = (step - c.warmup_steps) / span
+        return {
+            "lambda_hard": linear(c.lambda_hard, c.lambda_hard_final, progress) * self.lambda_scale,
+            "hardness": min(linear(c.hardness, c.hardness_final, progress), c.hardness_cap),
+            "partner_momentum": linear(c.partner_momentum, c.partner_momentum_final, progress),
+        }
+
+    # -- step 2: synthetic views ----------------------------------------------------------------------
+
+    def synthesize(self, step: int, n_real: int, group_base: int, augment: Callable[..., Tensor],
+                   rng: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """Synthetic views for the learner (detached) and their group ids, or None during warm-up.
+
+        Args:
+            n_real: real images in this process's batch; ``round(ratio * n_real)`` latents are drawn.
+            group_base: first group id of this process's synthetic groups (unique across processes).
+            augment: ``augment(images_in_0_1, n_views, rng) -> (n_views * B, C, H, W)``.
+        """
+        start = time.perf_counter()
+        g, m = self.generator, max(1, round(self.config.ratio * n_real))
+        active = self.active(step)
+        needs_graph = self.trains_generator and step % self.config.generator_every == 0
+        if not active and not needs_graph:
+            return None
+        z = g.sample_latents(m, rng)
+        with torch.set_grad_enabled(needs_graph):
+            if self.mode in USES_PAIRS:
+                first, second = g.pair(z, self.schedule(step)["hardness"], generator=rng)
+                views = torch.cat([augment(to_unit(first), 2, rng), augment(to_unit(second), 2, rng)])
+                per_group = 4
+            else:
+                first = g(z)
+                views = augment(to_unit(first), 2, rng)
+                per_group = 2
+        groups = (torch.arange(m, device=views.device) + group_base).repeat(per_group)
+        self._fake, self._views, self._groups = (first, views, groups) if needs_graph else (None, None, None)
+        self.times["synthesize"] += time.perf_counter() - start
+        return (views.detach(), groups) if active else None
+
+    # -- steps 4 and 5: critic and generator ----------------------------------------------------------
+
+    def update_generator(self, step: int, real: Tensor, frozen_learner_loss: Callable[[Tensor, Tensor], Tensor]) -> None:
+        """Critic step, then generator step, on the samples of :meth:`synthesize` (if it kept them).
+
+        Args:
+            real: (B, C, H, W) real images in [-1, 1].
+            frozen_learner_loss: the learner's loss with its parameters and statistics frozen.
+        """
+        if self._fake is None:
+            return
+        fake, views, groups = self._fake, self._views, self._groups
+        self._fake = self._views = self._groups = None
+        g, gc = self.generator, self.gen_config
+        start = time.perf_counter()
+        critic_loss = torch.zeros((), device=real.device)
+        if self.d_opt is not None:
+            for _ in range(gc.critic_steps):
+                critic_loss = g.critic_loss(real, fake.detach().float())
+                self.d_opt.zero_grad(set_to_none=True)
+                critic_loss.backward()
+                self.d_opt.step()
+        self.times["critic"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        weights = self.schedule(step)
+        realism = g.realism_loss(fake.float(), real)
+        hard = torch.zeros((), device=real.device)
+        if self.mode in HARD_TERM and self.active(step):
+            hard = frozen_learner_loss(views, groups)
+        loss = self.config.lambda_real * realism - weights["lambda_hard"] * hard
+        spread = fake.detach().float().std(dim=0).mean()
+        # One host sync per generator update: the stability monitor must decide before the step.
+        finite, collapsed = bool(torch.isfinite(loss)), bool(spread < self.config.min_sample_std)
+        if finite:
+            self.g_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.g_opt.step()
+        if self.d_opt is not None:
+            self.d_opt.zero_grad(set_to_none=True)
+        self.times["generator"] += time.perf_counter() - start
+        # Kept as tensors: turned into numbers only when a metrics row is written.
+        self.last = {"critic_loss": critic_loss.detach(), "generator_loss": loss.detach(),
+                     "hard_loss": hard.detach(), "sample_std": spread}
+        if not finite:
+            self.back_off(step, f"generator loss {float(loss):.4g}")
+        elif collapsed and self.mode in HARD_TERM:
+            self.back_off(step, f"samples collapsed (pixel std {float(spread):.3g})")
+
+    def back_off(self, step: int, reason: str) -> None:
+        """Halve (by ``backoff``) lambda_hard; record a failure after too many back-offs."""
+        self.lambda_scale *= self.config.backoff
+        self.backoffs += 1
+        self.last_backoff = f"step {step + 1}: {reason}; lambda_hard x{self.lambda_scale:.3g}"
+        if self.backoffs > MAX_BACKOFFS:
+            self.failure = (f"synthesis diverged at step {step + 1} ({reason}) after {MAX_BACKOFFS} back-offs of "
+                            "lambda_hard")
+
+    # -- step 6: the partner --------------------------------------------------------------------------
+
+    def update_partner(self, step: int) -> None:
+        if self.trains_generator and step % self.config.generator_every == 0:
+            self.generator.update_partner(self.schedule(step)["partner_momentum"])
+
+    # -- observation ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def measure_pairs(self, step: int, features: Callable[[Tensor], Tensor], n: int = 32, seed: int = 0) -> dict[str, float]:
+        """SSIM and the learner's feature cosine between the two members of fixed-latent pairs."""
+        from synthcl.synthesis.similarity import ssim
+
+        g = self.generator
+        was_training = g.training
+        g.eval()
+        z = g.sample_latents(n, torch.Generator(device=next(g.parameters()).device).manual_seed(seed))
+        a, b = g.pair(z, self.schedule(step)["hardness"], generator=torch.Generator(device=z.device).manual_seed(seed + 1))
+        g.train(was_training)
+        cosine = torch.nn.functional.cosine_similarity(features(to_unit(a)), features(to_unit(b)), dim=1).mean()
+        result = {"pair_ssim": float(ssim(a, b).mean()), "pair_cosine": float(cosine)}
+        if self.mode in USES_PAIRS and result["pair_cosine"] < self.config.min_pair_similarity:
+            self.back_off(step, f"pair cosine {result['pair_cosine']:.3g}")
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"lambda_scale": self.lambda_scale, "backoffs": self.backoffs}
+        if self.g_opt is not None:
+            state["generator_optimizer"] = self.g_opt.state_dict()
+        if self.d_opt is not None:
+            state["critic_optimizer"] = self.d_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lambda_scale, self.backoffs = float(state["lambda_scale"]), int(state["backoffs"])
+        if self.g_opt is not None:
+            self.g_opt.load_state_dict(state["generator_optimizer"])
+        if self.d_opt is not None:
+            self.d_opt.load_state_dict(state["critic_optimizer"])
+
+
+def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_steps: int) -> Synthesizer | None:
+    """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
+    from synthcl.training.generator_loop import build_generator
+
+    if recipe.synthesis.mode == "none":
+        return None
+    generator = build_generator(recipe, source).to(device)
+    return Synthesizer(recipe.synthesis, recipe.generator, generator, total_steps)
