@@ -418,6 +418,8 @@ def train(
 
                 # 5. Real views: `views_per_image` augmentations of each image, one group id per image.
                 generator.manual_seed(step_seed(t.seed, step, rank))
+                # Draws from the default RNG (a generator's DiffAugment, dropout) are per-step too.
+                torch.manual_seed(step_seed(t.seed + 1, step, rank))
                 views = augment.views(images, views_per_image, generator)
                 if t.channels_last:
                     views = views.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,161 @@
+"""Joint training: every synthesis mode from the CLI, the generator step's properties, schedules,
+exact resume, and back-off on divergence."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synthcl.config import GeneratorConfig, ModelConfig, SynthesisConfig
+from synthcl.learners import SimCLR
+from synthcl.nn.backbones import SmallCNN
+from synthcl.registry import GENERATORS
+from synthcl.synthesis.engine import Synthesizer
+from synthcl.training import train
+
+from test_cli import run_cli
+
+JOINT = {
+    "data": {"image_size": 28},
+    "generator": {"name": "gan", "options": {"preset": "tiny"}},
+    "synthesis": {"mode": "joint", "ratio": 0.5, "warmup_steps": 1, "hardness": 0.2, "hardness_final": 0.6,
+                  "sample_every": 2},
+    "train": {"max_steps": 4, "log_every": 2, "checkpoint_every": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def pretrained_gan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gan") / "gan"
+    torch.manual_seed(0)
+    GENERATORS.get("gan")(image_size=28, channels=1, preset="tiny").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["none", "static", "hard-samples", "hard-pairs", "joint"])
+def test_every_mode_trains_from_the_cli(monkeypatch, capsys, tmp_path, tiny_recipe_file, pretrained_gan, mode):
+    generator = {"pretrained": str(pretrained_gan)} if mode == "static" else JOINT["generator"]
+    recipe = tiny_recipe_file(**{**JOINT, "generator": generator, "synthesis": {**JOINT["synthesis"], "mode": mode}})
+    run = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    if mode == "none":
+        assert "pair_ssim" not in rows[0] and not (run / "generator").exists()
+        return
+    assert json.loads((run / "run.json").read_text())["synthesis"] == mode
+    assert all(0 <= float(r["pair_ssim"]) <= 1 and float(r["hardness"]) > 0 for r in rows)
+    assert (run / "pairs" / "step-0000004.png").is_file() and (run / "samples" / "step-0000004.png").is_file()
+    assert (run / "generator" / "config.json").is_file()
+    if mode in ("hard-samples", "joint"):
+        assert float(rows[-1]["hard_loss"]) > 0
+    if mode == "static":  # the frozen generator is unchanged
+        before = load_file(str(pretrained_gan / "model.safetensors"))
+        after = load_file(str(run / "generator" / "model.safetensors"))
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("learner", ["mocov2", "byol"])
+def test_joint_mode_works_with_every_learner(tmp_path, tiny_recipe, learner):
+    run = train(tiny_recipe(**{**JOINT, "model": {"learner": learner}}), out=tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+def test_joint_resume_is_bit_identical(tmp_path, tiny_recipe):
+    full = train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 4}}), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 2}}), out=part, quiet=True)
+    train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 4}}), out=part, resume=True, quiet=True)
+    for name in ("weights", "generator"):
+        a = load_file(str(full / f"checkpoints/last/{name}.safetensors"))
+        b = load_file(str(part / f"checkpoints/last/{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# --- the generator step itself ------------------------------------------------------------------------
+
+
+def _setup(mode="joint", **synthesis):
+    torch.manual_seed(0)
+    learner = SimCLR(SmallCNN(1, 4), ModelConfig(proj_hidden_dim=16, proj_output_dim=8))
+    gen = GENERATORS.get("gan")(image_size=28, channels=1, preset="tiny")
+    config = SynthesisConfig(mode=mode, ratio=1.0, **synthesis)
+    synth = Synthesizer(config, GeneratorConfig(lr=1e-3), gen, total_steps=100)
+
+    def augment(images, n_views, rng):  # identity views: the property is about the generator
+        return torch.cat([images] * n_views) * 2 - 1
+
+    def frozen_loss(views, groups):
+        tensors = {k: v.detach() for k, v in learner.named_parameters()}
+        tensors |= {k: v.clone() for k, v in learner.named_buffers()}
+        return torch.func.functional_call(learner, tensors, (views, groups))
+
+    return learner, gen, synth, augment, frozen_loss
+
+
+def test_generator_step_raises_the_learners_loss_on_its_samples():
+    """Gradient ascent through the frozen learner: on a fixed batch of latents the learner's loss on the
+    generator's samples rises step after step (realism switched off to isolate the hard term)."""
+    learner, gen, synth, augment, frozen_loss = _setup("hard-samples", lambda_hard=1.0, lambda_real=0.0)
+    real = torch.rand(16, 1, 28, 28) * 2 - 1
+    losses = []
+    for step in range(5):
+        synth.synthesize(step, 16, 100, augment, torch.Generator().manual_seed(0))  # the same latents
+        synth.update_generator(step, real, frozen_loss)
+        losses.append(float(synth.last["hard_loss"]))  # measured before this step's update
+    assert all(b > a for a, b in zip(losses, losses[1:])), losses
+
+
+def test_generator_step_leaves_learner_parameters_and_bn_statistics_unchanged():
+    learner, gen, synth, augment, frozen_loss = _setup("joint")
+    learner.train()
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    rng = torch.Generator().manual_seed(0)
+    synth.synthesize(0, 8, 100, augment, rng)
+    synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, frozen_loss)
+    assert float(synth.last["hard_loss"]) > 0  # the learner's loss was used...
+    assert all(p.grad is None for p in learner.parameters())  # ...without gradients into it...
+    assert all(torch.equal(v, learner.state_dict()[k]) for k, v in state.items())  # ...or any change
+
+
+def test_measured_pair_similarity_falls_as_hardness_rises():
+    learner, gen, synth, _, _ = _setup("hard-pairs")
+    ssims, cosines = [], []
+    for hardness in (0.0, 0.5, 1.5):
+        synth.config.hardness = synth.config.hardness_cap = hardness
+        m = synth.measure_pairs(0, lambda x: learner.features(x * 2 - 1))
+        ssims.append(m["pair_ssim"])
+        cosines.append(m["pair_cosine"])
+    assert ssims[0] > ssims[1] > ssims[2]
+    assert cosines[0] > cosines[2]
+
+
+def test_schedules_are_linear_after_warmup_and_capped():
+    synth = _setup("joint", warmup_steps=10, hardness=0.2, hardness_final=2.0, hardness_cap=0.5,
+                   lambda_hard=1.0, lambda_hard_final=0.0, partner_momentum=0.99, partner_momentum_final=0.999)[2]
+    assert not synth.active(9) and synth.active(10)
+    start, middle, end = synth.schedule(10), synth.schedule(55), synth.schedule(100)
+    assert start["hardness"] == pytest.approx(0.2) and end["hardness"] == pytest.approx(0.5)  # capped
+    assert middle["lambda_hard"] == pytest.approx(0.5) and end["lambda_hard"] == pytest.approx(0.0)
+    assert end["partner_momentum"] == pytest.approx(0.999)
+
+
+def test_divergence_backs_off_lambda_hard_then_stops(tmp_path, tiny_recipe):
+    learner, gen, synth, augment, frozen_loss = _setup("joint", lambda_hard=1.0)
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    synth.update_generator(0, real, lambda v, g: frozen_loss(v, g) * float("nan"))
+    assert synth.backoffs == 1 and synth.schedule(0)["lambda_hard"] == pytest.approx(0.5)
+    assert synth.failure is None
+    for step in range(1, 12):
+        synth.synthesize(step, 8, 100, augment, torch.Generator().manual_seed(step))
+        synth.update_generator(step, real, lambda v, g: frozen_loss(v, g) * float("nan"))
+    assert synth.failure is not None and "back-offs" in synth.failure
+    # The generator never took a step on a NaN loss.
+    assert all(torch.isfinite(p).all() for p in gen.parameters())
