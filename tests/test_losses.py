@@ -161,3 +161,44 @@ def test_two_processes_match_one_process_on_the_global_batch():
         torch.testing.assert_close(r["loss"], single.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r["grad"], w1.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r["gathered"], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def _rows_worker(rank, world, port, x, weight, groups, rows, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    w = weight.clone().requires_grad_(True)
+    loss = ppcl_loss(x[rows[rank]] @ w, groups[rows[rank]], 0.2)
+    loss.backward()
+    grad = w.grad.clone()
+    dist.all_reduce(grad)
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    torch.save({"loss": mean_loss / world, "grad": grad / world}, os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_synthetic_views_are_gathered_negatives_across_processes():
+    """The training loop's layout: each process holds its real views then its synthetic views (4 per
+    pair); real ids come first for all processes, synthetic ids after them. Two processes give the
+    single-process loss and gradient on the same global batch."""
+    torch.manual_seed(0)
+    n_real, n_syn, world = 8, 4, 2  # global counts
+    real_ids = torch.arange(n_real).repeat(2)  # view-major: [view 0 of all, view 1 of all]
+    syn_ids = (torch.arange(n_syn) + n_real).repeat(4)
+    groups = torch.cat([real_ids, syn_ids])
+    x, weight = torch.randn(len(groups), 5), torch.randn(5, 6)
+    w1 = weight.clone().requires_grad_(True)
+    single = ppcl_loss(x @ w1, groups, 0.2)
+    single.backward()
+    rows = []
+    for r in range(world):
+        real_rows = [i for i in range(2 * n_real) if int(groups[i]) // (n_real // world) == r]
+        syn_rows = [2 * n_real + i for i in range(4 * n_syn) if (int(syn_ids[i]) - n_real) // (n_syn // world) == r]
+        rows.append(torch.tensor(real_rows + syn_rows))
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(_rows_worker, args=(world, _free_port(), x, weight, groups, rows, out_dir), nprocs=world,
+                           start_method="spawn")
+        results = [torch.load(os.path.join(out_dir, f"{r}.pt")) for r in range(world)]
+    for r in results:
+        torch.testing.assert_close(r["loss"], single.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["grad"], w1.grad, rtol=1e-5, atol=1e-6)

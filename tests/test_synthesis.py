@@ -159,3 +159,16 @@ def test_divergence_backs_off_lambda_hard_then_stops(tmp_path, tiny_recipe):
     assert synth.failure is not None and "back-offs" in synth.failure
     # The generator never took a step on a NaN loss.
     assert all(torch.isfinite(p).all() for p in gen.parameters())
+
+
+def test_joint_training_on_two_processes(tmp_path, tiny_recipe_file):
+    import subprocess
+    import sys
+
+    recipe = tiny_recipe_file(**JOINT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "synthcl", "train", str(recipe), "--out", str(tmp_path / "run"), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-6000:]
+    status = json.loads((tmp_path / "run/run.json").read_text())
+    assert status["status"] == "completed" and status["processes"] == 2 and status["synthesis"] == "joint"

@@ -33,6 +33,25 @@ HARD_TERM = {"hard-samples", "joint"}
 MAX_BACKOFFS = 10
 
 
+def average_gradients(params: Any) -> None:
+    """Average gradients over processes: every process keeps an identical generator (and critic),
+    like DDP does for the learner, without wrapping a module whose loss is not its forward."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def linear(start: float, end: float | None, progress: float) -> float:
     """``start`` moving linearly to ``end`` (None: constant) as ``progress`` goes from 0 to 1."""
     if end is None:
@@ -150,6 +169,7 @@ class Synthesizer:
                 critic_loss = g.critic_loss(real, fake.detach().float())
                 self.d_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
+                average_gradients(g.critic_parameters())
                 self.d_opt.step()
         self.times["critic"] += time.perf_counter() - start
 
@@ -166,6 +186,7 @@ class Synthesizer:
         if finite:
             self.g_opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(g.generator_parameters())
             self.g_opt.step()
         if self.d_opt is not None:
             self.d_opt.zero_grad(set_to_none=True)
@@ -174,7 +195,7 @@ class Synthesizer:
         self.last = {"critic_loss": critic_loss.detach(), "generator_loss": loss.detach(),
                      "hard_loss": hard.detach(), "sample_std": spread}
         if not finite:
-            self.back_off(step, f"generator loss {float(loss):.4g}")
+            self.back_off(step, f"generator loss {float(loss.detach()):.4g}")
         elif collapsed and self.mode in HARD_TERM:
             self.back_off(step, f"samples collapsed (pixel std {float(spread):.3g})")
 

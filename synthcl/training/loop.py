@@ -33,7 +33,9 @@ from synthcl.training.optim import build_optimizer, build_scheduler
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "run.json"
-METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s", "elapsed_s"]
+# t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
+# synchronisation, this is the time to issue the work).
+METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "t_augment_s", "t_learner_s"]
 # Keys that may change when a run is resumed: they do not alter the computation up to the stop.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
 
@@ -363,6 +365,7 @@ def train(
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bad_loss = torch.zeros((), device=device)
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+    phase_times = {"augment": 0.0, "learner": 0.0}
     last_good = start_step
 
     def frozen_learner_loss(views: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -417,6 +420,7 @@ def train(
                 images, _ = next(batches)
 
                 # 5. Real views: `views_per_image` augmentations of each image, one group id per image.
+                phase_start = time.perf_counter()
                 generator.manual_seed(step_seed(t.seed, step, rank))
                 # Draws from the default RNG (a generator's DiffAugment, dropout) are per-step too.
                 torch.manual_seed(step_seed(t.seed + 1, step, rank))
@@ -424,6 +428,8 @@ def train(
                 if t.channels_last:
                     views = views.contiguous(memory_format=torch.channels_last)
                 groups = (torch.arange(images.shape[0], device=device) + group_offset).repeat(views_per_image)
+
+                phase_times["augment"] += time.perf_counter() - phase_start
 
                 # 6. Synthetic views: samples (or positive pairs) of the generator, their own group ids
                 #    after every process's real ids, detached for the learner step.
@@ -437,6 +443,7 @@ def train(
                             views = views.contiguous(memory_format=torch.channels_last)
 
                 # 7. Learner step on real and synthetic views.
+                phase_start = time.perf_counter()
                 loss = learner(views, groups)
                 accelerator.backward(loss)
                 if o.grad_clip is not None:
@@ -447,6 +454,7 @@ def train(
 
                 # 8. Momentum encoders and queues.
                 unwrapped.on_step_end(step + 1, total_steps)
+                phase_times["learner"] += time.perf_counter() - phase_start
 
                 # 9. Critic and generator steps (learner frozen), then the moving-average partner.
                 if synth is not None:
@@ -470,7 +478,9 @@ def train(
                         "loss": float(mean_loss) / interval_steps, "lr": scheduler.get_last_lr()[0],
                         "images_per_s": interval_steps * t.batch_size / (now - interval_start),
                         "elapsed_s": now - run_start,
+                        "t_augment_s": phase_times["augment"], "t_learner_s": phase_times["learner"],
                     }
+                    phase_times = dict.fromkeys(phase_times, 0.0)
                     if synth is not None:
                         row |= synthesis_row(synth, done, learner_features)
                     metrics.write(row)
