@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthcl.errors import CheckpointError
-from synthcl.io import atomic_write, atomic_write_json
+from synthcl.io import _UMASK, atomic_write, atomic_write_json
 
 LAST = "last"
 
@@ -100,6 +100,7 @@ def save_checkpoint(
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         save_file(_tensors(learner), str(tmp / "weights.safetensors"))
         for key, module in (extra or {}).items():  # e.g. the generator trained jointly with the learner
