@@ -28,6 +28,7 @@ from synthcl.eval import evaluate_run  # noqa: E402
 from synthcl.training import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES, BATCH = 60000, 256  # Fashion-MNIST's training set; the quickstart's batch
 MODES = ["none", "static", "hard-samples", "hard-pairs", "joint"]
 
 
@@ -43,8 +44,12 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
         for mode in args.modes:
             for seed in args.seeds:
                 out = runs / f"f{fraction}-{mode}-s{seed}"
-                overrides = [f"data.fraction={fraction}", f"train.seed={seed}", f"train.max_steps={args.steps}",
-                             f"train.epochs={args.schedule_epochs}", f"synthesis.mode={mode}"]
+                # The same number of steps at every fraction: the schedule spans exactly `steps`, with the
+                # quickstart's warm-up share (1/8).
+                steps_per_epoch = max(1, round(fraction * TRAIN_IMAGES)) // BATCH
+                epochs = args.steps / steps_per_epoch
+                overrides = [f"data.fraction={fraction}", f"train.seed={seed}", f"train.epochs={epochs}",
+                             f"optim.warmup_epochs={epochs / 8}", f"synthesis.mode={mode}"]
                 recipe = "quickstart" if mode == "none" else "fashion-mnist-joint"
                 if mode != "none":
                     overrides += [f"generator.pretrained={gan}", "generator.name=null", "synthesis.warmup_steps=0"]
@@ -96,7 +101,6 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["none", "static", "joint"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=936, help="learner steps of every run (same for all modes)")
-    parser.add_argument("--schedule-epochs", type=float, default=4.0, help="train.epochs (the lr schedule's span)")
     parser.add_argument("--gan-steps", type=int, default=2811, help="GAN pretraining steps per fraction")
     parser.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.md")
