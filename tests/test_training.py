@@ -206,3 +206,30 @@ def test_eval_uses_the_newest_weights_after_a_run_is_extended(tmp_path, tiny_rec
     train(tiny_recipe(train={"max_steps": 4}), out=run, resume=True, quiet=True)
     _, info = load_run_backbone(run)
     assert info["step"] == 4
+
+
+def test_resume_restores_the_fp16_loss_scale(tmp_path, tiny_recipe, monkeypatch):
+    """With fp16 (on a GPU) Accelerate scales the loss; the scale and its growth tracker are part of a
+    checkpoint, so a resumed run continues with the scale the stopped one had reached. CPUs have no fp16
+    autocast, so the scaler is installed by hand: it scales and unscales by powers of two, exactly."""
+    from synthcl.training import loop
+
+    original = loop.make_accelerator
+
+    def with_scaler(**kwargs):
+        accelerator = original(**kwargs)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        return accelerator
+
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
+    full = train(tiny_recipe(train={"max_steps": 6, "checkpoint_every": 3}), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(train={"max_steps": 3, "checkpoint_every": 3}), out=part, quiet=True)
+    train(tiny_recipe(train={"max_steps": 6, "checkpoint_every": 3}), out=part, resume=True, quiet=True)
+    sa = torch.load(full / "checkpoints/last/state.pt", weights_only=True)
+    sb = torch.load(part / "checkpoints/last/state.pt", weights_only=True)
+    assert sa["grad_scaler"]["scale"] == 2.0**16  # grew once per step: the scaler really ran
+    assert sa["grad_scaler"] == sb["grad_scaler"]
+    a, b = _weights(full), _weights(part)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

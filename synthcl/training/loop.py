@@ -319,6 +319,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if synth is not None:
             synth.load_state_dict(state["synthesis"])
+        if accelerator.scaler is not None and "grad_scaler" in state:
+            accelerator.scaler.load_state_dict(state["grad_scaler"])
         start_step = int(meta["step"])
 
     learner, optimizer = accelerator.prepare(learner, optimizer)
@@ -350,6 +352,8 @@ def train(
                      "scheduler": scheduler.state_dict(), "step": step}
             if synth is not None:
                 state["synthesis"] = synth.state_dict()
+            if accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
+                state["grad_scaler"] = accelerator.scaler.state_dict()
             save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info},
                             extra=extra_modules)
         accelerator.wait_for_everyone()
