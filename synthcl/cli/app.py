@@ -87,6 +87,8 @@ class ProtocolChoice(str, Enum):
     linear = "linear"
     knn = "knn"
     all = "all"
+    efficiency = "efficiency"
+    transfer = "transfer"
     generator = "generator"
 
 
@@ -101,10 +103,43 @@ class InitChoice(str, Enum):
     random = "random"
 
 
+def _label_fractions(values: list[str]) -> list[float]:
+    """``--label-fractions 0.01,0.1,1`` (or repeated, or space-separated in quotes) -> floats in (0, 1]."""
+    from synthcl.eval.protocols import check_fractions
+
+    fractions = []
+    for value in values:
+        for item in value.replace(",", " ").split():
+            try:
+                fractions.append(float(item))
+            except ValueError:
+                _fail(f"--label-fractions: '{item}' is not a number")
+    return check_fractions(fractions)
+
+
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `synthcl train`.")],
-    protocol: Annotated[ProtocolChoice, typer.Option(help="linear probe, kNN, or both.")] = ProtocolChoice.all,
+    protocol: Annotated[
+        Optional[ProtocolChoice],
+        typer.Option(help="linear probe, kNN, both (all, the default), label efficiency, transfer to --dataset, "
+                          "or generator sample quality."),
+    ] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="transfer protocol: the dataset to probe on (e.g. mnist).")
+    ] = None,
+    root: Annotated[
+        Optional[Path], typer.Option(help="transfer protocol: the --dataset's folder (default: search).")
+    ] = None,
+    label_fractions: Annotated[
+        Optional[list[str]],
+        typer.Option("--label-fractions", help="efficiency/transfer: label fractions in (0, 1], e.g. 0.01,0.1,1 "
+                                               "(default 0.01,0.1,1 for efficiency, 0.1,1 for transfer)."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write RUN_DIR/report/ (Markdown and plots); alone it only reports, "
+                                            "with --protocol it probes first.")
+    ] = False,
     init: Annotated[
         InitChoice, typer.Option(help="Probe the trained backbone, or a randomly initialised copy (baseline).")
     ] = InitChoice.trained,
@@ -118,10 +153,31 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
     code: CodeOption = None,
 ) -> None:
-    """Probe a run's frozen backbone (linear classifier, kNN), or measure a generator run's samples."""
+    """Probe a run's frozen backbone (linear, kNN, label efficiency, transfer), measure a generator run's
+    samples, and/or write a report of the run."""
     from synthcl.eval import evaluate_run
 
     load_code(code or [])
+    if dataset is not None and protocol is not ProtocolChoice.transfer:
+        _fail("--dataset only applies to --protocol transfer")
+    if root is not None and protocol is not ProtocolChoice.transfer:
+        _fail("--root only applies to --protocol transfer")
+    if protocol is ProtocolChoice.transfer and dataset is None:
+        _fail("--protocol transfer needs --dataset NAME (e.g. --dataset mnist)")
+    fractions = None
+    if label_fractions:
+        if protocol not in (ProtocolChoice.efficiency, ProtocolChoice.transfer):
+            _fail("--label-fractions only applies to --protocol efficiency or transfer")
+        fractions = _label_fractions(label_fractions)
+    if report:
+        from synthcl.eval.report import require_matplotlib
+
+        require_matplotlib()  # before any probing, not after it
+    if protocol is None and report:
+        _write_report(run_dir, quiet)
+        return
+    protocol = protocol or ProtocolChoice.all
+    label = "" if init is InitChoice.trained else f" ({init.value} init)"
     if protocol is ProtocolChoice.generator:
         from synthcl.eval.generator_eval import evaluate_generator
 
@@ -133,13 +189,37 @@ def evaluate(
             m = result[name]
             value = m.get("fid", m.get("fd"))
             typer.echo(f"{name}: {distance} {value:.2f}, KID {m['kid']:.4f} +- {m['kid_std']:.4f}")
-        return
-    result = evaluate_run(run_dir, protocol.value, init=init.value, quiet=quiet)
-    label = "" if init is InitChoice.trained else f" ({init.value} init)"
-    if "linear_top1" in result:
-        typer.echo(f"linear probe top-1{label}: {result['linear_top1']:.2f}%")
-    if "knn_top1" in result:
-        typer.echo(f"kNN top-1{label}: {result['knn_top1']:.2f}%")
+    elif protocol in (ProtocolChoice.efficiency, ProtocolChoice.transfer):
+        from synthcl.eval.protocols import (EFFICIENCY_FRACTIONS, TRANSFER_FRACTIONS, evaluate_efficiency,
+                                            evaluate_transfer)
+
+        if protocol is ProtocolChoice.efficiency:
+            result = evaluate_efficiency(run_dir, fractions or EFFICIENCY_FRACTIONS, init=init.value, quiet=quiet)
+            where = result["dataset"]
+        else:
+            assert dataset is not None
+            result = evaluate_transfer(run_dir, dataset, fractions or TRANSFER_FRACTIONS, init=init.value,
+                                       root=None if root is None else str(root), quiet=quiet)
+            where = f"{dataset} (transfer from {result['pretrained_on']})"
+        for r in result["results"]:
+            typer.echo(f"{where}, {100 * r['label_fraction']:g}% labels ({r['train_images']} images): "
+                       f"linear probe top-1{label}: {r['linear_top1']:.2f}%")
+        if "knn_top1" in result:
+            typer.echo(f"{where}, all labels: kNN top-1{label}: {result['knn_top1']:.2f}%")
+    else:
+        result = evaluate_run(run_dir, protocol.value, init=init.value, quiet=quiet)
+        if "linear_top1" in result:
+            typer.echo(f"linear probe top-1{label}: {result['linear_top1']:.2f}%")
+        if "knn_top1" in result:
+            typer.echo(f"kNN top-1{label}: {result['knn_top1']:.2f}%")
+    if report:
+        _write_report(run_dir, quiet)
+
+
+def _write_report(run_dir: Path, quiet: bool) -> None:
+    from synthcl.eval.report import write_report
+
+    typer.echo(f"report written to {write_report(run_dir, quiet=quiet)}")
 
 
 @app.command()
