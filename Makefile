@@ -1,15 +1,17 @@
 # synthcl: `make demo` trains and evaluates the quickstart recipe; `make test` runs the test suite.
-# Both build .venv first (torch and torchvision pinned to the pair this project is tested with).
+# `make docs` builds the documentation site strictly into site/.
+# All build .venv first (torch and torchvision pinned to the pair this project is tested with).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.synthcl-installed
+DOCS_STAMP := $(VENV)/.synthcl-docs-installed
 DEMO_RUN ?= runs/quickstart
 DEMO_JOINT_RUN ?= runs/fashion-mnist-joint
 
-.PHONY: venv data demo test lint clean
+.PHONY: venv data demo test docs lint clean
 
 venv: $(STAMP)
 
@@ -49,8 +51,17 @@ demo: data
 test: data
 	$(PY) -m pytest -q
 
+# The site (mkdocs-material, API reference by mkdocstrings); every code block on it is a file under
+# docs/snippets/ that tests/test_docs.py runs.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]' $(TORCH_PINS)
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(PY) -m ruff check synthcl generators tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,0 +1,93 @@
+"""Hard positive pairs over training: their measured similarity and the hardness schedule, as one PNG.
+
+Reads the metrics.csv of a run trained with hard pairs (synthesis mode ``hard-pairs`` or ``joint``):
+``pair_ssim`` (SSIM between the generator's and its moving-average partner's images of the same latents),
+``pair_cosine`` (the learner's cosine similarity between their features) and ``hardness`` (the latent
+perturbation of the schedule), against the training step. Rows before the generator warm-up, where these
+are empty, are left out. Writes docs/images/pair-similarity.png by default.
+
+    synthcl train fashion-mnist-joint --out runs/fashion-mnist-joint
+    python benchmarks/pair_similarity_plot.py runs/fashion-mnist-joint/metrics.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("pair_ssim", "pair_cosine", "hardness")
+
+
+def read_series(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """step -> value series for each of COLUMNS, finite values only."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("step", *COLUMNS) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"error: {path} has no column(s) {', '.join(missing)}: is it the metrics.csv of a "
+                             "run with synthesis.mode hard-pairs or joint?")
+        series: dict[str, list[tuple[int, float]]] = {c: [] for c in COLUMNS}
+        for row in reader:
+            for column in COLUMNS:
+                try:
+                    value = float(row[column])
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    series[column].append((int(row["step"]), value))
+    if not series["pair_ssim"] and not series["pair_cosine"]:
+        raise SystemExit(f"error: {path} has no measured pair similarity yet (still in the generator warm-up?)")
+    return series
+
+
+def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(7, 3.6), dpi=120)
+    for column, label, style in (("pair_ssim", "SSIM (pixels)", "-"), ("pair_cosine", "cosine (learner features)", "--")):
+        if series[column]:
+            steps, values = zip(*series[column])
+            left.plot(steps, values, style, label=label)
+    left.set_xlabel("training step")
+    left.set_ylabel("pair similarity")
+    right = left.twinx()
+    if series["hardness"]:
+        steps, values = zip(*series["hardness"])
+        right.plot(steps, values, ":", color="grey", label="hardness (latent perturbation)")
+    right.set_ylabel("hardness")
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(handles, labels, loc="best", fontsize="small")
+    left.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("metrics", type=Path, help="metrics.csv of a joint or hard-pairs run (or the run directory)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "pair-similarity.png")
+    parser.add_argument("--title", default="Hard positive pairs drift apart as training goes on")
+    args = parser.parse_args(argv)
+    path = args.metrics / "metrics.csv" if args.metrics.is_dir() else args.metrics
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist")
+    out = plot(read_series(path), args.out, args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
