@@ -77,14 +77,15 @@ def ppcl_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.2) -> T
     n_local = z.shape[0]
     logits = z @ keys.T / temperature  # (V, V_global)
     self_index = torch.arange(n_local, device=z.device) + rank * n_local
-    self_mask = F.one_hot(self_index, keys.shape[0]).bool()
+    # Comparisons instead of one_hot / boolean indexing: neither needs to read values back to the host.
+    self_mask = self_index[:, None] == torch.arange(keys.shape[0], device=z.device)[None, :]
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (groups[:, None] == key_groups[None, :]) & ~self_mask
     n_pos = positives.sum(dim=1)
     per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / n_pos.clamp(min=1)
-    has_pos = n_pos > 0
-    return per_anchor[has_pos].mean()
+    has_pos = (n_pos > 0).to(per_anchor.dtype)
+    return (per_anchor * has_pos).sum() / has_pos.sum()  # 0/0 = nan when no anchor has a positive
 
 
 def moco_loss(queries: Tensor, keys: Tensor, groups: Tensor, queue: Tensor, temperature: float) -> Tensor:

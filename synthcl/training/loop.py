@@ -325,6 +325,10 @@ def train(
 
     learner, optimizer = accelerator.prepare(learner, optimizer)
     unwrapped: ContrastiveLearner = accelerator.unwrap_model(learner)
+    if t.compile:
+        # Only the training call (step 7) goes through the compiled wrapper; checkpoints, evaluation
+        # and the generator step use `unwrapped`, so saved keys never carry compile's `_orig_mod.`.
+        learner = compile_learner(learner, device)
 
     if main:
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
@@ -549,6 +553,27 @@ def write_synthesis_grids(synth: Any, run_dir: Path, step: int) -> None:
         pair = g.pair(z[:8], synth.schedule(step)["hardness"], generator=torch.Generator(device=device).manual_seed(1))
         save_pair_ladder([pair], run_dir / "pairs" / f"step-{step:07d}.png")
     g.train(was_training)
+
+
+def compile_learner(learner: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(learner)``, after a tiny probe that turns a machine without a working compiler
+    (no C++ toolchain for Inductor on CPU, say) into one clear line instead of a traceback mid-step.
+
+    Raises:
+        ConfigError: if ``torch.compile`` cannot compile and run a trivial function on ``device``.
+    """
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * 2.0 + 1.0)
+
+    try:
+        torch.compile(probe)(torch.ones(4, device=device))
+    except Exception as err:  # noqa: BLE001 - Dynamo/Inductor raise many types; all mean "unavailable here"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(
+            f"train.compile: torch.compile does not work on this machine ({reason}); set train.compile=false"
+        ) from None
+    return torch.compile(learner)
 
 
 def make_accelerator(**kwargs: Any) -> Any:

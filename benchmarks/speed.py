@@ -1,0 +1,685 @@
+"""Speed benchmark S1-S5 of BENCHMARKS.md, plus the hot-path knobs, on Fashion-MNIST at the quickstart sizes.
+
+Sections (``--only`` picks some):
+  S1  plain SimCLR, synthcl's training step vs lightly's standard pipeline, images/s (interleaved rounds).
+  S2  cost of synthesis: step time of synthesis.mode=joint over none (GAN, cadence 1/2/4, diffusion),
+      split by phase; cross-checked with synthcl.training.train's own metrics.csv.
+  S3  achieved FLOP/s of the learner's forward+backward over the machine's dense fp32 matmul FLOP/s.
+  S4  images/s vs batch size, and 1 vs 2 gloo processes (fresh processes per run).
+  S5  peak resident memory per configuration (fresh process each); diffusion: sampling steps vs truncation K.
+  H   hot path: device-resident data + batched augmentation vs a DataLoader of per-sample torchvision
+      transforms, channels_last, train.compile, bf16 autocast, and the host syncs of one training step.
+
+Every comparison runs its sides in one process, interleaved A B A B ...: each round is ``--warmup``
+untimed steps then ``--steps`` timed ones per side; tables quote medians over ``--rounds`` rounds and
+ratios as the median of per-round ratios. Results: benchmarks/results/speed.md and speed.json.
+
+Install the comparison library with the bench extra (torch stays pinned):
+
+    pip install -e '.[bench]' torch==2.14.1 torchvision==0.29.1
+
+Run:
+
+    python benchmarks/speed.py                      # everything (about 15 minutes on 2 quiet cores)
+    python benchmarks/speed.py --quick              # smoke check: 2 rounds of 1 step, small sweeps
+    python benchmarks/speed.py --only S1 S3 --rounds 7 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import describe, markdown
+from _speed_steps import (
+    LOADER_WORKERS,
+    REPO_ROOT,
+    Data,
+    LightlyStep,
+    SyncCounter,
+    SynthclStep,
+    diffusion_options,
+    diffusion_status,
+    recipe,
+)
+
+SECTIONS = ("S1", "S2", "S3", "S4", "S5", "H")
+QUICKSTART = "quickstart"
+JOINT = "fashion-mnist-joint"
+# Steady state after the generator warm-up: synthetic views enter every learner batch from step 0.
+JOINT_NOW = ["synthesis.warmup_steps=0"]
+TARGETS = {"S1": 2.0, "S2 gan": 1.5, "S2 diffusion": 2.5, "S3": 0.5}
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+def interleave(cases: dict[str, Any], rounds: int, warmup: int, steps: int, log: Callable[[str], None],
+               round_limits: dict[str, int] | None = None) -> dict:
+    """Round-robin rounds over ``cases`` (A B C A B C ...); seconds per step and phase splits per round.
+
+    ``round_limits`` caps the rounds of slow cases (they take part in the first rounds only).
+    """
+    limits = round_limits or {}
+    per_step: dict[str, list[float]] = {name: [] for name in cases}
+    phases: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    for index in range(rounds):
+        for name, case in cases.items():
+            if index >= limits.get(name, rounds):
+                continue
+            per_step[name].append(case.round(warmup, steps) / steps)
+            if isinstance(case, SynthclStep):
+                phases[name].append({k: v / steps for k, v in case.phase_seconds().items()})
+        log(f"  round {index + 1}/{rounds}: " + ", ".join(
+            f"{n} {1e3 * per_step[n][-1]:.0f} ms" for n in cases if len(per_step[n]) == index + 1))
+    return {"seconds_per_step": per_step, "phases": phases}
+
+
+def paired_ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b)]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def throughput_row(name: str, seconds: list[float], images: int, reference: list[float] | None = None) -> dict:
+    rates = [images / s for s in seconds]
+    row = {"name": name, "median_ms": 1e3 * med(seconds), "images_per_s": med(rates),
+           "images_per_s_min": min(rates), "images_per_s_max": max(rates)}
+    if reference is not None:
+        row["speedup"] = med(paired_ratios(reference, seconds))  # reference time / this time, per round
+    return row
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|", *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return "n/a" if math.isnan(x) else f"{x:,.{digits}f}"
+
+
+# -- S1 -------------------------------------------------------------------------------------------------
+
+
+def section_s1(args: argparse.Namespace, data: Data, log: Callable) -> dict:
+    r = recipe(QUICKSTART)
+    try:
+        lightly_step = LightlyStep(r, data)
+    except ImportError as err:
+        return {"skipped": f"lightly is not installed ({err}); pip install -e '.[bench]'"}
+    import lightly
+
+    cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step}
+    timed = interleave(cases, args.rounds, args.warmup, args.steps, log)
+    sec = timed["seconds_per_step"]
+    batch = r.train.batch_size
+    rows = [throughput_row("synthcl", sec["synthcl"], batch, sec["lightly"]),
+            throughput_row("lightly", sec["lightly"], batch, sec["lightly"])]
+    return {"rows": rows, "raw": timed, "batch": batch, "lightly_version": lightly.__version__,
+            "ratio": rows[0]["speedup"], "target": TARGETS["S1"]}
+
+
+def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
+    out = ["## S1: plain SimCLR step throughput, synthcl vs lightly", ""]
+    if "skipped" in res:
+        return out + [f"Skipped: {res['skipped']}", ""]
+    verdict = "met" if res["ratio"] >= res["target"] else "NOT met"
+    out += [
+        f"Batch {res['batch']} real images, 2 views each; images/s counts real images. lightly {res['lightly_version']}.",
+        "",
+        ("- synthcl: the training loop's step (steps 5-10 of `synthcl.training.train`): the uint8 training set "
+        "in memory, one batched `ViewAugment.views` call, `channels_last`, one forward of both views through "
+        "the SimCLR learner (PPCL = NT-Xent), backward, the recipe's SGD + schedule."),
+        ("- lightly: `SimCLRTransform(input_size=28, cj_prob=0.8, cj_bright=0.4, cj_contrast=0.4, cj_sat=0, "
+        "cj_hue=0, min_scale=0.2, random_gray_scale=0, gaussian_blur=0, hf_prob=0.5, normalize=<data mean/std>)` "
+        f"on PIL 'L' images in a `DataLoader(num_workers={LOADER_WORKERS}, shuffle=True)`, "
+        "`nn.Sequential(backbone, SimCLRProjectionHead(64, 512, 128))` applied to each view, "
+        "`NTXentLoss(temperature=0.5)`, `torch.optim.SGD(lr=0.3, momentum=0.9, weight_decay=5e-4)`. "
+        "The DataLoader's workers are started at the start of each round and stopped at its end (its "
+        "warm-up step fills their queue), so they never run while synthcl is timed."),
+        ("- Same backbone (synthcl's `small-cnn`, width 16) with the same initial weights; same augmentation "
+        "settings (the quickstart recipe's, grayscale: no saturation/hue/grayscale/blur)."),
+        "",
+        *table(["pipeline", "median ms/step", "images/s (median)", "min", "max", "vs lightly (median of per-round ratios)"],
+               [[r["name"], fmt(r["median_ms"], 1), fmt(r["images_per_s"]), fmt(r["images_per_s_min"]),
+                 fmt(r["images_per_s_max"]), f"{r['speedup']:.2f}x"] for r in res["rows"]]),
+        "",
+        f"Target synthcl >= {res['target']:.1f}x lightly: **{verdict}** ({res['ratio']:.2f}x).",
+        "",
+    ]
+    return out
+
+
+# -- S2 -------------------------------------------------------------------------------------------------
+
+
+def diffusion_recipe_args(options: dict | None = None) -> tuple[str, list[str], dict]:
+    """(recipe, overrides, extra) of joint training with the diffusion generator.
+
+    The recipe's own file when there is one; ``generator.pretrained`` is cleared (speed does not depend on
+    the weights, and the benchmark must not need a pretraining run): a fresh generator is built from the
+    pretraining recipe's options overridden by the joint recipe's.
+    """
+    own = REPO_ROOT / "recipes" / "fashion-mnist-joint-diffusion.yaml"
+    pretraining = REPO_ROOT / "recipes" / "fashion-mnist-diffusion.yaml"
+    if own.is_file():
+        base = recipe(str(own)).generator.options
+        if pretraining.is_file():  # the architecture of the generator the joint recipe starts from
+            base = {**recipe(str(pretraining)).generator.options, **base}
+        return str(own), JOINT_NOW, {"generator": {"name": "diffusion", "pretrained": None,
+                                                   "options": {**base, **(options or {})}}}
+    return JOINT, JOINT_NOW, {"generator": {"name": "diffusion", "pretrained": None, "options": options or {}}}
+
+
+def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
+    # A multiple of 4, so every cadence runs whole cycles (not in --quick, which only checks the code).
+    steps = args.steps if args.quick else max(4, -(-args.steps // 4) * 4)
+    notes = []
+    limits = {}
+    cases: dict[str, SynthclStep] = {"none": SynthclStep(recipe(QUICKSTART), data)}
+    if "gan" in args.generators:
+        for every in (1, 2, 4):
+            name = "joint gan" if every == 1 else f"joint gan, generator_every={every}"
+            cases[name] = SynthclStep(recipe(JOINT, [*JOINT_NOW, f"synthesis.generator_every={every}"]), data)
+    if "diffusion" in args.generators:
+        ok, note = diffusion_status()
+        if ok:
+            name, overrides, extra = diffusion_recipe_args()
+            cases["joint diffusion"] = SynthclStep(recipe(name, overrides, extra), data)
+            limits["joint diffusion"] = min(args.rounds, args.diffusion_rounds)
+            if note:
+                notes.append(note)
+        else:
+            notes.append(f"diffusion skipped: {note}")
+    timed = interleave(cases, args.rounds, args.warmup, steps, log, limits)
+    sec = timed["seconds_per_step"]
+    rows = []
+    for name in cases:
+        split = {k: med([p[k] for p in timed["phases"][name]]) for k in timed["phases"][name][0]}
+        ratio = med(paired_ratios(sec[name], sec["none"]))  # zip pairs a limited case with its own rounds
+        target = TARGETS["S2 diffusion"] if "diffusion" in name else TARGETS["S2 gan"] if name == "joint gan" else None
+        rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
+                     "target": target, "rounds": len(sec[name])})
+    loop_check = real_loop_check(args, steps, log)
+    return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check}
+
+
+def real_loop_check(args: argparse.Namespace, steps: int, log: Callable) -> dict:
+    """none vs joint GAN through ``synthcl.training.train`` itself, read from metrics.csv (second row)."""
+    from synthcl.training import train
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rname, over in (("none", QUICKSTART, []), ("joint gan", JOINT, JOINT_NOW)):
+            over = [*over, f"train.max_steps={2 * steps}", f"train.log_every={steps}", "train.checkpoint_every=100000"]
+            if rname == JOINT:
+                over.append("synthesis.sample_every=100000")
+            run = train(rname, out=Path(tmp) / rname, quiet=True, overwrite=True, overrides=over)
+            with open(run / "metrics.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            row = rows[-1]
+            out[name] = {k: float(v) for k, v in row.items() if k == "images_per_s" or k.startswith("t_")}
+            log(f"  train() {name}: {out[name]['images_per_s']:.0f} images/s")
+    out["ratio"] = out["none"]["images_per_s"] / out["joint gan"]["images_per_s"]
+    return out
+
+
+PHASES = ("augment", "synthesize", "learner", "critic", "generator")
+
+
+def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
+    out = ["## S2: the cost of synthesis (joint over none)", ""]
+    out += [
+        "Recipes: `quickstart` (none) and `fashion-mnist-joint` (joint, GAN `preset: cpu`) with "
+        "`synthesis.warmup_steps=0`, i.e. the steady state after the generator warm-up: every step adds "
+        "`ratio` x 256 = 64 latents, their hard pairs (2 x 2 views each, 256 synthetic views beside the 512 "
+        "real ones) and a critic + generator update. Same step code as S1 (the loop's steps 5-10, with the "
+        f"recipe's own `Synthesizer`). {res['steps']} timed steps per round"
+        + (" (--quick: cadence rows are not meaningful)." if args.quick else
+           " (a multiple of 4 so every cadence runs whole cycles).")
+        + " The diffusion row uses `recipes/fashion-mnist-joint-diffusion.yaml` "
+        "(its own ratio, generator options and learning rate) with the same warm-up override, and takes part in "
+        f"the first {args.diffusion_rounds} rounds only (it is the slowest).",
+        "",
+        ("Phases (ms per step, medians): augment = real views; synthesize = latents -> generator (and partner) "
+        "-> augmented synthetic views; learner = forward/backward/optimizer on real + synthetic views; "
+        "critic = discriminator step; generator = realism loss + hard term through the frozen learner + "
+        "backward + step."),
+        "",
+    ]
+    rows = []
+    for r in res["rows"]:
+        split = r["split_ms"]
+        target = "" if r["target"] is None else (f"<= {r['target']}x: " + ("met" if r["ratio"] <= r["target"] else "NOT met"))
+        rows.append([r["name"], str(r["rounds"]), fmt(r["median_ms"], 1), f"{r['ratio']:.2f}x",
+                     *[fmt(1e3 * split[p], 1) if p in split else "-" for p in PHASES], target])
+    out += table(["mode", "rounds", "median ms/step", "vs none (median of per-round ratios)", *[f"{p} ms" for p in PHASES], "target"], rows)
+    out += [""] + [f"- {n}" for n in res["notes"]]
+    lc = res.get("loop_check")
+    if lc:
+        out += [
+            "",
+            (f"Cross-check through `synthcl.training.train` itself (one run each, {2 * res['steps']} steps, "
+            "second metrics row of `metrics.csv`; not interleaved, so noisier): "
+            f"none {fmt(lc['none']['images_per_s'])} images/s, joint gan {fmt(lc['joint gan']['images_per_s'])} "
+            f"images/s: **{lc['ratio']:.2f}x**."),
+        ]
+    return out + [""]
+
+
+# -- S3 -------------------------------------------------------------------------------------------------
+
+
+def matmul_flops(n: int, repeats: int) -> list[float]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * n**3 / (time.perf_counter() - start))
+    return rates
+
+
+def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r = recipe(QUICKSTART)
+    step = SynthclStep(r, data)
+    images = next(step._batches)
+    views = step.augment.views(images, 2).contiguous(memory_format=torch.channels_last)
+    groups = torch.arange(images.shape[0]).repeat(2)
+    learner = step.learner
+
+    def fwd_bwd() -> None:
+        loss = learner(views, groups)
+        loss.backward()
+        learner.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fwd_bwd()
+    flops = counter.get_total_flops()
+    by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    repeats = max(3, args.rounds * args.steps // 2)
+    n = 2048  # 17 GFLOP per product: long enough to time, short enough to interleave
+    learner_times, peak_rates = [], []
+    for _ in range(args.warmup):
+        fwd_bwd()
+    # Interleaved too: learner pass, matmul, learner pass, ...
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fwd_bwd()
+        learner_times.append(time.perf_counter() - start)
+        peak_rates += matmul_flops(n, 1)
+    achieved = flops / med(learner_times)
+    peak = med(peak_rates)
+    log(f"  learner fwd+bwd {flops / 1e9:.2f} GFLOP in {1e3 * med(learner_times):.0f} ms; mm peak {peak / 1e9:.1f} GFLOP/s")
+    return {"flops": flops, "by_op": by_op, "seconds": learner_times, "achieved": achieved, "peak": peak,
+            "peak_rates": peak_rates, "matmul_n": n, "fraction": achieved / peak, "repeats": repeats,
+            "views": int(views.shape[0]), "target": TARGETS["S3"]}
+
+
+def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]:
+    ops = ", ".join(f"{k.split('.')[-1] if '.' in k else k} {v / 1e9:.2f}" for k, v in
+                    sorted(res["by_op"].items(), key=lambda kv: -kv[1]))
+    verdict = "met" if res["fraction"] >= res["target"] else "NOT met"
+    out = [
+        "## S3: distance to the machine's limit", "",
+        (f"FLOPs of one learner forward+backward on {res['views']} views (batch 256 x 2, channels_last, fp32), "
+        f"counted with `torch.utils.flop_counter.FlopCounterMode` (convolutions and matmuls; elementwise ops, "
+        f"BatchNorm and pooling count 0): **{res['flops'] / 1e9:.2f} GFLOP** (by op, GFLOP: {ops}). "
+        f"Time: median of {res['repeats']} passes, interleaved with a {res['matmul_n']}x{res['matmul_n']} fp32 "
+        "`torch.mm` that measures the machine's dense matmul rate."),
+        "",
+        *table(["quantity", "value"], [
+            ["learner forward+backward, median ms", fmt(1e3 * med(res["seconds"]), 1)],
+            ["achieved GFLOP/s", fmt(res["achieved"] / 1e9, 1)],
+            [f"dense fp32 matmul GFLOP/s ({res['matmul_n']}^3, median)", fmt(res["peak"] / 1e9, 1)],
+            ["fraction of matmul rate", f"{100 * res['fraction']:.0f}%"],
+        ]),
+        "",
+        f"Target >= {100 * res['target']:.0f}% on CPU: **{verdict}**.",
+    ]
+    if s1 and "rows" in s1:
+        step_s = 1e-3 * s1["rows"][0]["median_ms"]
+        out.append(f"Over the whole S1 training step (augmentation, optimizer and loss included) the same FLOPs "
+                   f"run at {res['flops'] / step_s / 1e9:.1f} GFLOP/s ({100 * res['flops'] / step_s / res['peak']:.0f}% "
+                   "of the matmul rate).")
+    return out + [""]
+
+
+# -- S4 -------------------------------------------------------------------------------------------------
+
+
+def child(spec: dict, timeout: float = 900) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE / "_speed_child.py"), json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def section_s4(args: argparse.Namespace, data: Data, log: Callable) -> dict:
+    r = recipe(QUICKSTART)
+    sizes = args.batch_sizes
+    cases = {f"batch {b}": SynthclStep(r, data, batch_size=b) for b in sizes}
+    # Equal images per round at every batch size: steps scale inversely with the batch.
+    timed = {"seconds_per_step": {n: [] for n in cases}}
+    for index in range(args.rounds):
+        for b, (name, case) in zip(sizes, cases.items()):
+            steps = max(1, round(args.steps * r.train.batch_size / b))
+            timed["seconds_per_step"][name].append(case.round(args.warmup, steps) / steps)
+        log(f"  round {index + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {b / timed['seconds_per_step'][n][-1]:.0f} img/s" for b, n in zip(sizes, cases)))
+    batch_rows = [throughput_row(n, timed["seconds_per_step"][n], b) for b, n in zip(sizes, cases)]
+
+    configs = {"1 process x 2 threads": (1, 2), "2 processes x 1 thread (gloo)": (2, 1)}
+    if not args.quick:
+        configs["1 process x 1 thread"] = (1, 1)
+    proc_rounds = 1 if args.quick else max(1, min(args.rounds, 3))
+    proc_times: dict[str, list[float]] = {n: [] for n in configs}
+    errors = {}
+    for index in range(proc_rounds):
+        for name, (world, threads) in configs.items():
+            res = child({"task": "processes", "recipe": QUICKSTART, "world": world, "threads": threads,
+                         "warmup": args.warmup, "steps": args.steps})
+            if "error" in res:
+                errors[name] = res["error"]
+                continue
+            proc_times[name].append(res["seconds"] / args.steps)
+        log(f"  processes round {index + 1}/{proc_rounds}: " + ", ".join(
+            f"{n} {r.train.batch_size / t[-1]:.0f} img/s" for n, t in proc_times.items() if t))
+    ref = proc_times["1 process x 2 threads"]
+    proc_rows = [throughput_row(n, t, r.train.batch_size, ref if len(ref) == len(t) else None)
+                 for n, t in proc_times.items() if t]
+    return {"batch_rows": batch_rows, "raw": timed, "proc_rows": proc_rows, "proc_raw": proc_times,
+            "proc_rounds": proc_rounds, "errors": errors}
+
+
+def report_s4(res: dict, args: argparse.Namespace) -> list[str]:
+    out = ["## S4: scaling", "",
+           ("Images/s of the S1 synthcl step (mode none) against the batch size; each round gives every batch "
+           f"size the same number of images ({args.steps} x 256), interleaved."), "",
+           *table(["batch", "median ms/step", "images/s (median)", "min", "max"],
+                  [[r["name"], fmt(r["median_ms"], 1), fmt(r["images_per_s"]), fmt(r["images_per_s_min"]),
+                    fmt(r["images_per_s_max"])] for r in res["batch_rows"]]),
+           "",
+           ("Processes: global batch 256 split over gloo processes (`torch.multiprocessing.spawn`, "
+           "DistributedDataParallel, PPCL gathering keys with gradient, as `accelerate launch` would run "
+           f"the loop), each in a fresh interpreter; {res['proc_rounds']} rounds interleaved by configuration. "
+           "On 2 cores, 2 processes x 1 thread compete for the same cores as 1 process x 2 threads; the "
+           "1-thread row shows the per-core rate."), "",
+           *table(["configuration", "median ms/step", "images/s (median)", "min", "max", "vs 1 process x 2 threads"],
+                  [[r["name"], fmt(r["median_ms"], 1), fmt(r["images_per_s"]), fmt(r["images_per_s_min"]),
+                    fmt(r["images_per_s_max"]), f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
+                   for r in res["proc_rows"]])]
+    out += [f"- {n} failed: {e}" for n, e in res["errors"].items()]
+    return out + [""]
+
+
+# -- S5 -------------------------------------------------------------------------------------------------
+
+
+def section_s5(args: argparse.Namespace, log: Callable) -> dict:
+    steps = 1  # after 1 warm-up step: the peak of a step does not grow with more of the same steps
+    configs: dict[str, dict] = {
+        "S1 synthcl (none)": {"kind": "synthcl", "recipe": QUICKSTART},
+        "S1 lightly": {"kind": "lightly", "recipe": QUICKSTART},
+        "joint gan": {"kind": "synthcl", "recipe": JOINT, "overrides": JOINT_NOW},
+        "joint gan, bf16 autocast": {"kind": "synthcl", "recipe": JOINT, "overrides": JOINT_NOW, "bf16": True},
+    }
+    if args.quick:
+        configs = {k: v for k, v in configs.items() if k in ("S1 synthcl (none)", "joint gan")}
+    notes = []
+    if "diffusion" in args.generators:
+        ok, note = diffusion_status()
+        if not ok:
+            notes.append(f"diffusion skipped: {note}")
+        else:
+            steps_opt, k_opt, signature = diffusion_options()
+            steps_opt = args.diffusion_steps_option or steps_opt
+            k_opt = args.diffusion_k_option or k_opt
+            if steps_opt and k_opt:
+                for n_steps, k in ((4, 1),) if args.quick else ((4, 1), (8, 1), (8, 2)):
+                    name, over, extra = diffusion_recipe_args({steps_opt: n_steps, k_opt: k})
+                    configs[f"joint diffusion, {steps_opt}={n_steps}, {k_opt}={k}"] = {
+                        "kind": "synthcl", "recipe": name, "overrides": over, "extra": extra, "needs_diffusion": True}
+            else:
+                name, over, extra = diffusion_recipe_args()
+                configs["joint diffusion (recipe defaults)"] = {"kind": "synthcl", "recipe": name, "overrides": over,
+                                                                "extra": extra, "needs_diffusion": True}
+                notes.append("diffusion steps-vs-K rows skipped: could not tell its sampling-steps and truncation "
+                             f"options apart (constructor: {signature}); pass --diffusion-steps-option and "
+                             "--diffusion-k-option")
+    results = {}
+    for name, spec in configs.items():
+        res = child({"task": "memory", "steps": steps, "warmup": 1, **spec})
+        results[name] = res
+        log(f"  {name}: " + (f"process peak {res['rss_peak_mib']:.0f} MiB, steps peak {res['rss_steps_peak_mib']} MiB"
+                             if "rss_peak_mib" in res else str(res)))
+    return {"rows": results, "steps": steps, "notes": notes}
+
+
+def report_s5(res: dict, args: argparse.Namespace) -> list[str]:
+    rows = []
+    for name, r in res["rows"].items():
+        if "rss_peak_mib" not in r:
+            rows.append([name, "-", "-", "-", "-", "-", r.get("skipped") or r.get("error", "?")])
+            continue
+        before, steps_peak = r.get("rss_before_steps_mib"), r.get("rss_steps_peak_mib")
+        growth = fmt(steps_peak - before) if before is not None and steps_peak is not None else "n/a"
+        rows.append([name, fmt(r["rss_setup_mib"]), fmt(before if before is not None else float("nan")),
+                     fmt(steps_peak if steps_peak is not None else float("nan")), growth, fmt(r["rss_peak_mib"]),
+                     "-" if r["workers_peak_mib"] is None else fmt(r["workers_peak_mib"])])
+    out = ["## S5: peak resident memory", "",
+           ("Each configuration in a fresh process: setup (imports, the 60k-image training set as uint8, channel "
+           f"statistics, models), then 1 warm-up + {res['steps']} training step(s). Process peak = "
+           "`resource.getrusage(RUSAGE_SELF).ru_maxrss` over the whole process; steps peak = the kernel's VmHWM "
+           "after resetting it (`/proc/self/clear_refs` = 5) just before the steps, so setup transients do not "
+           "hide the training step; growth = steps peak - RSS before the steps. Workers: the largest DataLoader "
+           "worker (RUSAGE_CHILDREN; a forked worker's RSS includes the pages it still shares with the main "
+           "process), - where there are none."), "",
+           *table(["configuration", "setup peak MiB", "RSS before steps MiB", "steps peak MiB",
+                   "growth during steps MiB", "process peak MiB", "workers peak MiB"], rows)]
+    out += [f"- {n}" for n in res["notes"]]
+    return out + [""]
+
+
+# -- H: hot path ----------------------------------------------------------------------------------------
+
+
+def count_syncs(name: str, overrides: list[str], log: Callable) -> dict:
+    """Host-syncing ops of one mid-run training step: a 3-step minus a 2-step run of ``train()``."""
+    from synthcl.training import train
+
+    fixed = ["train.log_every=100000", "train.checkpoint_every=100000"]
+    if name == JOINT:
+        fixed.append("synthesis.sample_every=100000")
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for steps in (2, 3):
+            counter = SyncCounter()
+            with counter:
+                train(name, out=Path(tmp) / f"{steps}", quiet=True, overwrite=True,
+                      overrides=[*overrides, *fixed, f"train.max_steps={steps}"])
+            counts[steps] = counter.sites
+    per_step = {site: counts[3][site] - counts[2].get(site, 0) for site in counts[3]}
+    return {site: n for site, n in sorted(per_step.items(), key=lambda kv: -kv[1]) if n > 0}
+
+
+def section_h(args: argparse.Namespace, data: Data, log: Callable) -> dict:
+    r = recipe(QUICKSTART)
+    rows: dict[str, dict] = {}
+
+    def compare(label: str, on: SynthclStep, off: SynthclStep, on_name: str, off_name: str) -> None:
+        log(f" {label}")
+        timed = interleave({on_name: on, off_name: off}, args.rounds, args.warmup, args.steps, log)
+        sec = timed["seconds_per_step"]
+        rows[label] = {"on": throughput_row(on_name, sec[on_name], r.train.batch_size, sec[off_name]),
+                       "off": throughput_row(off_name, sec[off_name], r.train.batch_size, sec[off_name]),
+                       "raw": timed}
+
+    compare("data path", SynthclStep(r, data), SynthclStep(r, data, loader=True),
+            "device-resident uint8 + batched ViewAugment", f"DataLoader ({LOADER_WORKERS} workers) of per-sample torchvision v2")
+    compare("channels_last", SynthclStep(r, data, channels_last=True), SynthclStep(r, data, channels_last=False),
+            "channels_last", "contiguous (NCHW)")
+    compare("bf16 autocast", SynthclStep(r, data, autocast=torch.bfloat16), SynthclStep(r, data),
+            "bf16 autocast", "fp32")
+    compile_note = ""
+    if args.quick:
+        compile_note = "skipped in --quick (compiling the learner takes about a minute on 2 cores)"
+    else:
+        from synthcl.errors import ConfigError
+
+        try:
+            compiled = SynthclStep(r, data, compile=True)
+            start = time.perf_counter()
+            compiled.round(0, 2)  # forward + backward graphs are compiled here
+            compile_note = f"first two compiled steps (compilation included) took {time.perf_counter() - start:.0f} s"
+            compare("train.compile", compiled, SynthclStep(r, data), "torch.compile", "eager")
+        except ConfigError as err:
+            compile_note = f"train.compile is unavailable here: {err}"
+    log(" host syncs per step (train(), 3 steps minus 2 steps)")
+    syncs = {"none (quickstart)": count_syncs(QUICKSTART, [], log),
+             "joint gan": count_syncs(JOINT, JOINT_NOW, log)}
+    return {"rows": rows, "compile_note": compile_note, "syncs": syncs}
+
+
+def report_h(res: dict, args: argparse.Namespace, s2: dict | None) -> list[str]:
+    out = ["## Hot path: each knob on vs off (interleaved, same step otherwise)", "",
+           ("Quickstart recipe, mode none, batch 256 x 2 views. The data-path row feeds the same synthcl learner "
+           f"from a `DataLoader(num_workers={LOADER_WORKERS})` whose dataset applies the recipe's augmentation "
+           "image by image with torchvision v2 (`RandomResizedCrop(28, scale=(0.2, 1))`, flip, "
+           "`RandomApply(ColorJitter(0.4, 0.4), 0.8)`, `ToDtype`, `Normalize`), two views per image. bf16 "
+           "autocast wraps the learner's forward the way Accelerate's `mixed_precision: bf16` does."), ""]
+    rows = []
+    for label, r in res["rows"].items():
+        rows.append([label, r["on"]["name"], fmt(r["on"]["images_per_s"]), r["off"]["name"],
+                     fmt(r["off"]["images_per_s"]), f"{r['on']['speedup']:.2f}x"])
+    out += table(["knob", "on", "images/s", "off", "images/s", "on vs off (median of per-round ratios)"], rows)
+    out += ["", f"- train.compile: {res['compile_note']}"]
+    if s2 and "rows" in s2:
+        cad = [r for r in s2["rows"] if r["name"].startswith("joint gan")]
+        out.append("- Generator cadence (from S2): " + "; ".join(f"{r['name']} {r['ratio']:.2f}x none" for r in cad))
+    out += ["", "### Host syncs in one training step", "",
+            ("Counted with a `TorchDispatchMode` over `synthcl.training.train` (a 3-step run minus a 2-step run, so "
+            "setup, the final log row and the checkpoint cancel out): ops that make the host wait for the device "
+            "on an accelerator (`.item()`/`float()`/`bool()` = `_local_scalar_dense`; boolean-mask indexing, "
+            "`nonzero`, `masked_select`). On a CPU they cost nothing extra; on a GPU each one stalls the queue."), ""]
+    for config, sites in res["syncs"].items():
+        if not sites:
+            out.append(f"- {config}: none")
+            continue
+        device_syncs = sum(n for site, n in sites.items() if "[inside torch.optim" not in site)
+        out.append(f"- {config}: {sum(sites.values())} per step, {device_syncs} of them would block the host on a GPU")
+        out += [f"  - {n} x {site}" for site, n in sites.items()]
+    return out + [""]
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke check: 2 rounds of 1 step, small sweeps")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
+                        help=f"sections to run ({' '.join(SECTIONS)})")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per side per round (default 4)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each round")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="S4 sweep (default 64 128 256 512)")
+    parser.add_argument("--diffusion-rounds", type=int, default=3, help="S2: rounds the slow diffusion case joins")
+    parser.add_argument("--generators", nargs="+", choices=("gan", "diffusion"), default=["gan", "diffusion"])
+    parser.add_argument("--diffusion-steps-option", default=None, help="S5: the diffusion option for sampling steps")
+    parser.add_argument("--diffusion-k-option", default=None, help="S5: the diffusion option for the truncation K")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.md")
+    args = parser.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.steps = args.steps or (1 if args.quick else 4)
+    if args.quick:
+        args.diffusion_rounds = 1
+    args.batch_sizes = args.batch_sizes or ([64, 256] if args.quick else [64, 128, 256, 512])
+
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
+
+    machine = describe()
+    data = Data(recipe(QUICKSTART))
+    results: dict[str, Any] = {}
+    durations: dict[str, float] = {}
+    runners = {
+        "S1": lambda: section_s1(args, data, log),
+        "S2": lambda: section_s2(args, data, log),
+        "S3": lambda: section_s3(args, data, log),
+        "S4": lambda: section_s4(args, data, log),
+        "S5": lambda: section_s5(args, log),
+        "H": lambda: section_h(args, data, log),
+    }
+    for name in SECTIONS:
+        if name in args.only:
+            log(f"{name} ...")
+            start = time.perf_counter()
+            results[name] = runners[name]()
+            durations[name] = time.perf_counter() - start
+
+    command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
+    lines = [
+        "# Speed: S1-S5 of BENCHMARKS.md and the hot-path knobs", "",
+        f"- Command: `{command}`",
+        markdown(machine),
+        f"- Rounds: {args.rounds} per comparison, interleaved (A B A B ...); each round = {args.warmup} untimed "
+        f"warm-up step(s) + {args.steps} timed steps per side"
+        + ("" if args.quick else " (S2: rounded up to a multiple of 4)") + ". Medians over "
+        "rounds; ratios are medians of per-round ratios.",
+        (f"- Data: Fashion-MNIST training set ({len(data.source)} images, 1x28x28), recipe `quickstart` sizes "
+        "(small-cnn width 16, batch 256, SGD lr 0.3 momentum 0.9 wd 5e-4)."),
+        "- Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
+        + f"; total {time.perf_counter() - started:.0f} s.",
+    ]
+    if args.quick:
+        lines.append("- **--quick: a smoke check with very few steps; the numbers are not a measurement.**")
+    lines.append("")
+    reporters = {
+        "S1": lambda: report_s1(results["S1"], args),
+        "S2": lambda: report_s2(results["S2"], args),
+        "S3": lambda: report_s3(results["S3"], args, results.get("S1")),
+        "S4": lambda: report_s4(results["S4"], args),
+        "S5": lambda: report_s5(results["S5"], args),
+        "H": lambda: report_h(results["H"], args, results.get("S2")),
+    }
+    for name in SECTIONS:
+        if name in results:
+            lines += reporters[name]()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    payload = {"command": command, "machine": machine, "rounds": args.rounds, "steps": args.steps,
+               "warmup": args.warmup, "quick": args.quick, "durations_s": durations, "results": results}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    log(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
+
+
+if __name__ == "__main__":
+    main()
