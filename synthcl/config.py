@@ -120,6 +120,9 @@ class TrainConfig:
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
     channels_last: bool = False
+    compile: bool = False
+    """Compile the learner's training forward/backward with `torch.compile` (opt-in; needs a C++ compiler
+    on CPU). Checkpoints are unchanged: they hold the uncompiled module's weights."""
     log_every: int = 50
     """Steps between metric rows (and NaN checks)."""
     checkpoint_every: int = 500
@@ -144,7 +147,7 @@ class GeneratorConfig:
     """Registry name of the generator (`gan`, `diffusion`, or your own); None: no generator."""
     options: dict[str, Any] = field(default_factory=dict)
     """Constructor options of the generator (e.g. `preset: cpu`); image size and channels come from
-    the data."""
+    the data. With `pretrained`, they override the saved options (e.g. `sampling_steps`)."""
     pretrained: str | None = None
     """A generator run directory or a `save_pretrained` folder to start from."""
     lr: float = 2.0e-4
