@@ -69,6 +69,10 @@ class Generator(nn.Module, abc.ABC):
 
     #: options for a small instance used by the contract tests (`synthcl.testing.GeneratorContract`)
     test_options: dict = {}
+    #: whether :meth:`realism_loss` looks at the generated images. False for a realism term computed on
+    #: real images alone (diffusion's denoising loss): the training loops then pass ``fake=None`` and
+    #: skip drawing samples that only the realism term would have used.
+    realism_needs_samples: bool = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,7 +125,8 @@ class Generator(nn.Module, abc.ABC):
         """What the generator minimises to stay realistic.
 
         Args:
-            fake: (B, C, H, W) generated images in [-1, 1], with gradient.
+            fake: (B, C, H, W) generated images in [-1, 1], with gradient; None from the training loops
+                when :attr:`realism_needs_samples` is False.
             real: (B', C, H, W) real images in [-1, 1].
         """
 

@@ -94,6 +94,7 @@ class Synthesizer:
         self.lambda_scale = 1.0
         self.backoffs = 0
         self.failure: str | None = None
+        self._pending = False  # synthesize() prepared a generator update
         self._fake: Tensor | None = None
         self._views: Tensor | None = None
         self._groups: Tensor | None = None
@@ -130,8 +131,15 @@ class Synthesizer:
         start = time.perf_counter()
         g, m = self.generator, max(1, round(self.config.ratio * n_real))
         active = self.active(step)
-        needs_graph = self.trains_generator and step % self.config.generator_every == 0
-        if not active and not needs_graph:
+        self._pending = self.trains_generator and step % self.config.generator_every == 0
+        # The generator's step sees its samples through the critic and the realism term (a GAN), or, for a
+        # realism term on real images alone (diffusion), only through the hard term: then no graph (and,
+        # before the synthetic views enter, no samples) is needed for it.
+        uses_samples = g.realism_needs_samples or self.d_opt is not None
+        needs_graph = self._pending and (uses_samples or (self.mode in HARD_TERM and active))
+        if not active and not (self._pending and uses_samples):
+            self._fake = self._views = self._groups = None
+            self.times["synthesize"] += time.perf_counter() - start
             return None
         z = g.sample_latents(m, rng)
         with torch.set_grad_enabled(needs_graph):
@@ -144,7 +152,7 @@ class Synthesizer:
                 views = augment(to_unit(first), 2, rng)
                 per_group = 2
         groups = (torch.arange(m, device=views.device) + group_base).repeat(per_group)
-        self._fake, self._views, self._groups = (first, views, groups) if needs_graph else (None, None, None)
+        self._fake, self._views, self._groups = (first, views, groups) if self._pending else (None, None, None)
         self.times["synthesize"] += time.perf_counter() - start
         return (views.detach(), groups) if active else None
 
@@ -157,10 +165,10 @@ class Synthesizer:
             real: (B, C, H, W) real images in [-1, 1].
             frozen_learner_loss: the learner's loss with its parameters and statistics frozen.
         """
-        if self._fake is None:
+        if not self._pending:
             return
         fake, views, groups = self._fake, self._views, self._groups
-        self._fake = self._views = self._groups = None
+        self._pending, self._fake, self._views, self._groups = False, None, None, None
         g, gc = self.generator, self.gen_config
         start = time.perf_counter()
         critic_loss = torch.zeros((), device=real.device)
@@ -175,12 +183,13 @@ class Synthesizer:
 
         start = time.perf_counter()
         weights = self.schedule(step)
-        realism = g.realism_loss(fake.float(), real)
+        realism = g.realism_loss(None if fake is None else fake.float(), real)
         hard = torch.zeros((), device=real.device)
         if self.mode in HARD_TERM and self.active(step):
             hard = frozen_learner_loss(views, groups)
         loss = self.config.lambda_real * realism - weights["lambda_hard"] * hard
-        spread = fake.detach().float().std(dim=0).mean()
+        # No samples (a realism term on real images during warm-up): no spread to watch, logged as NaN.
+        spread = torch.full((), float("nan"), device=real.device) if fake is None else fake.detach().float().std(dim=0).mean()
         # One host sync per generator update: the stability monitor must decide before the step.
         finite, collapsed = bool(torch.isfinite(loss)), bool(spread < self.config.min_sample_std)
         if finite:

@@ -57,7 +57,8 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
     """
     g = recipe.generator
     if g.pretrained is not None:
-        generator = Generator.from_pretrained(generator_folder(g.pretrained))
+        # generator.options override the saved options (e.g. a diffusion model's sampling steps).
+        generator = Generator.from_pretrained(generator_folder(g.pretrained), **g.options)
         if g.name is not None and generator.registry_name() != g.name:
             raise CheckpointError(
                 f"generator.pretrained holds a '{generator.registry_name()}' generator but generator.name is '{g.name}'"
@@ -192,9 +193,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
                         critic_loss.backward()
                         d_opt.step()
 
-                # 4. Generator step: stay realistic (the critic is not updated here).
+                # 4. Generator step: stay realistic (the critic is not updated here). A realism term on real
+                #    images alone (diffusion's denoising loss) gets no samples: none are drawn.
                 with accelerator.autocast():
-                    generator_loss = generator.realism_loss(generator(generator.sample_latents(n)).float(), real)
+                    fake = generator(generator.sample_latents(n)).float() if generator.realism_needs_samples else None
+                    generator_loss = generator.realism_loss(fake, real)
                 g_opt.zero_grad(set_to_none=True)
                 generator_loss.backward()
                 g_opt.step()
