@@ -21,7 +21,7 @@ def describe() -> dict[str, str]:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
-        load = "%.2f" % os.getloadavg()[0]
+        load = f"{os.getloadavg()[0]:.2f}"
     except OSError:
         load = "n/a"
     return {

@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=936, help="learner steps of every run (same for all modes)")
     parser.add_argument("--generator", choices=sorted(GENERATORS), default="gan")
     parser.add_argument("--gan-steps", type=int, default=2811, help="GAN pretraining steps per fraction")
-    parser.add_argument("--diffusion-steps", type=int, default=2811, help="diffusion pretraining steps per fraction")
+    parser.add_argument("--diffusion-steps", type=int, default=1406,
+                        help="diffusion pretraining steps per fraction (batch 128: the GAN's 2811 x 64 images)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra recipe overrides for the generator modes (a sweep); name them with --variant")
     parser.add_argument("--variant", default="default", help="the table's name for the --set overrides")

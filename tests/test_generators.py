@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
+from test_cli import assert_one_line_error, run_cli
 
 from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError
 from synthcl.interfaces import Generator
 from synthcl.registry import GENERATORS
 from synthcl.testing import GeneratorContract
 from synthcl.training import train
-
-from test_cli import assert_one_line_error, run_cli
 
 
 def _registered():

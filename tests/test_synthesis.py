@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import run_cli
 
 from synthcl.config import GeneratorConfig, ModelConfig, SynthesisConfig
 from synthcl.learners import SimCLR
@@ -16,8 +17,6 @@ from synthcl.nn.backbones import SmallCNN
 from synthcl.registry import GENERATORS
 from synthcl.synthesis.engine import Synthesizer
 from synthcl.training import train
-
-from test_cli import run_cli
 
 JOINT = {
     "data": {"image_size": 28},

@@ -190,8 +190,12 @@ def evaluate(
             value = m.get("fid", m.get("fd"))
             typer.echo(f"{name}: {distance} {value:.2f}, KID {m['kid']:.4f} +- {m['kid_std']:.4f}")
     elif protocol in (ProtocolChoice.efficiency, ProtocolChoice.transfer):
-        from synthcl.eval.protocols import (EFFICIENCY_FRACTIONS, TRANSFER_FRACTIONS, evaluate_efficiency,
-                                            evaluate_transfer)
+        from synthcl.eval.protocols import (
+            EFFICIENCY_FRACTIONS,
+            TRANSFER_FRACTIONS,
+            evaluate_efficiency,
+            evaluate_transfer,
+        )
 
         if protocol is ProtocolChoice.efficiency:
             result = evaluate_efficiency(run_dir, fractions or EFFICIENCY_FRACTIONS, init=init.value, quiet=quiet)

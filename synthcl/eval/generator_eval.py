@@ -95,7 +95,7 @@ def evaluate_generator(
     for name, model in (("generator", generator), ("partner", None)):
         rng = torch.Generator().manual_seed(seed + 1)
 
-        def sample(k: int, model: Generator | None = model) -> torch.Tensor:
+        def sample(k: int, model: Generator | None = model, rng: torch.Generator = rng) -> torch.Tensor:
             z = generator.sample_latents(k, rng)
             return model(z) if model is not None else generator.partner(z)
 

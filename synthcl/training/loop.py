@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import synthcl
 from synthcl.augment import ViewAugment
@@ -312,7 +311,6 @@ def train(
 
     # 4. Resume: weights, optimizer and schedule from checkpoints/last.
     start_step = 0
-    checkpoint = run_dir / "checkpoints" / LAST
     if resume and (found := resumable_checkpoint(run_dir)) is not None:
         state, meta = load_checkpoint(found, learner, extra_modules)
         optimizer.load_state_dict(state["optimizer"])
