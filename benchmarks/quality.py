@@ -73,6 +73,9 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                     rows.append(json.loads(done.read_text()))
                     print(json.dumps(rows[-1]), flush=True)
                     continue
+                if args.collect:
+                    print(f"not finished, left out: {out}", flush=True)
+                    continue
                 # The same number of steps at every fraction: the schedule spans exactly `steps`, with the
                 # quickstart's warm-up share (1/8).
                 steps_per_epoch = max(1, round(fraction * TRAIN_IMAGES)) // BATCH
@@ -169,11 +172,16 @@ def main() -> None:
                         help="keep the runs here; finished runs found there are reused (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.md")
     parser.add_argument("--fresh", action="store_true", help="do not merge with the rows already in --out's .json")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: tabulate the finished runs of this grid found in --runs")
     args = parser.parse_args()
     if args.set and args.variant == "default":
         parser.error("--set needs --variant NAME, so that the sweep's rows are told apart in the table")
     machine = describe()
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    # --collect tabulates what the same command without it trains: that is the command that reproduces the rows
+    command = "python benchmarks/quality.py " + " ".join(a for a in sys.argv[1:] if a != "--collect")
+    if args.collect and args.runs is None:
+        parser.error("--collect needs --runs, the folder that holds the finished runs")
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_grid(args, args.runs or Path(tmp))
     store = args.out.with_suffix(".json")

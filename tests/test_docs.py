@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -233,11 +234,21 @@ def _command(path: Path, folder: Path) -> list[str]:
 def _run(name: str, folder: Path, env: dict[str, str]) -> None:
     path = SNIPPETS / name
     if name in TWO_MACHINES:
-        procs = [subprocess.Popen(_command(path, folder), cwd=folder, text=True, stdout=subprocess.PIPE,
+        command = _command(path, folder)  # once: both machines must meet on the same (free) port
+        procs = [subprocess.Popen(command, cwd=folder, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT,
                                   env={**env, "MACHINE_RANK": str(rank), "MAIN_IP": "127.0.0.1"})
                  for rank in (0, 1)]
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        deadline = time.monotonic() + 600
+        # If one machine fails, the other would wait for it until the rendezvous times out: stop it.
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        outputs = [p.communicate()[0] for p in procs]
         for rank, (proc, out) in enumerate(zip(procs, outputs)):
             assert proc.returncode == 0, f"{name} (machine {rank}) failed:\n{out[-6000:]}"
         return
