@@ -64,7 +64,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     code: CodeOption = None,
 ) -> None:
-    """Train a learner from a recipe; writes a run directory."""
+    """Train a recipe (a learner, with or without synthesis, or a generator); writes a run directory."""
     from synthcl.training import train as run_training
 
     load_code(code or [])
@@ -153,8 +153,10 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
     code: CodeOption = None,
 ) -> None:
-    """Probe a run's frozen backbone (linear, kNN, label efficiency, transfer), measure a generator run's
-    samples, and/or write a report of the run."""
+    """Probe a run's backbone (linear, kNN, label efficiency, transfer), score a generator, or report a run.
+
+    `--report` writes RUN_DIR/report/ (Markdown and plots); with --protocol it probes first.
+    """
     from synthcl.eval import evaluate_run
 
     load_code(code or [])
