@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev,metrics]' $(TORCH_PINS)
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's package where apt is available (no download at run time), otherwise

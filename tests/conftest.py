@@ -10,6 +10,15 @@ import torch
 
 torch.set_num_threads(2)
 
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """Every test starts and ends with 2 threads: tests that compare a run in this process with one in a
+    fresh process (resume after Ctrl-C, say) need the same thread count, i.e. the same float reductions."""
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(2)
+
 TINY: dict[str, Any] = {
     "name": "tiny",
     "data": {"dataset": "shapes", "image_size": 16, "channels": 1, "options": {"n": 128}},

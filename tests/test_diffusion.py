@@ -327,11 +327,13 @@ class TestBranchPairsKeepTheContract(GeneratorContract):
 @pytest.fixture(scope="module")
 def fitted():
     """A tiny model after a few denoising steps, its partner a lagging average (so ema pairs differ)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = tiny(sampling_steps=4)
     fit(model, 20)
     model.update_partner(0.5)
-    return model.eval()
+    yield model.eval()
+    torch.set_num_threads(threads)  # later test files compare in-process runs with fresh processes
 
 
 @pytest.mark.parametrize("method", ["ema", "branch"])
