@@ -148,6 +148,10 @@ def targets(linear: dict) -> list[str]:
             gap = linear[(f, "joint (diffusion)")][0] - linear[(f, "joint")][0]
             lines.append(f"- f={f}: joint (diffusion) - joint (gan) = {gap:+.2f} points (target >= 0): "
                          f"{'met' if gap >= 0 else 'not met'}")
+    if (0.1, "none") in linear and (1.0, "none") in linear:
+        gap = linear[(1.0, "none")][0] - linear[(0.1, "none")][0]
+        lines.append(f"- headroom: none at f=1.0 - none at f=0.1 = {gap:+.2f} points: what ten times more real images "
+                     "buy at this budget, an upper bound in spirit on what synthetic images can add at f=0.1")
     if (0.5, "joint") in linear and (1.0, "none") in linear:
         gap = linear[(0.5, "joint")][0] - linear[(1.0, "none")][0]
         lines.append(f"- data efficiency: joint at f=0.5 - none at f=1.0 = {gap:+.2f} points (target >= 0): "
@@ -196,15 +200,12 @@ def main() -> None:
              *[f"  - `{c}`" for c in commands], markdown(machine),
              (f"- Every run: quickstart encoder and settings, {args.steps} learner steps on the fraction's real images;"
              " linear probe on all 60k labelled training images, top-1 on the 10k test images; kNN beside it"),
-             "", "| fraction | mode | linear top-1 (%) | kNN top-1 (%) | seeds | mean train time (s) |",
-             "|---:|---|---:|---:|---:|---:|"]
-    times: dict[tuple[float, str], list[float]] = {}
-    for r in all_rows:
-        times.setdefault((r["fraction"], label(r)), []).append(r["train_s"])
+             "- Mean and standard deviation over seeds; training times (in the .json) depend on what else ran on the"
+             " machine and are no speed measure (see speed.md)",
+             "", "| fraction | mode | linear top-1 (%) | kNN top-1 (%) | seeds |", "|---:|---|---:|---:|---:|"]
     for key in sorted(linear):
         (lm, ls, n), (km, ks, _) = linear[key], knn[key]
-        lines.append(f"| {key[0]} | {key[1]} | {lm:.2f} ± {ls:.2f} | {km:.2f} ± {ks:.2f} | {n} | "
-                     f"{statistics.mean(times[key]):.0f} |")
+        lines.append(f"| {key[0]} | {key[1]} | {lm:.2f} ± {ls:.2f} | {km:.2f} ± {ks:.2f} | {n} |")
     variants = {label(r): r.get("overrides", []) for r in all_rows if r.get("variant", "default") != "default"}
     if variants:
         lines += ["", "Variants (recipe overrides on top of the generator's joint recipe):", ""]
