@@ -19,6 +19,15 @@ def _two_threads():
     yield
     torch.set_num_threads(2)
 
+
+@pytest.fixture
+def one_thread():
+    """One thread, for tests of tiny generators: a second thread adds more OpenMP synchronisation than it
+    saves, and on a busy machine spinning threads can slow such a test tenfold."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
 TINY: dict[str, Any] = {
     "name": "tiny",
     "data": {"dataset": "shapes", "image_size": 16, "channels": 1, "options": {"n": 128}},

@@ -26,13 +26,7 @@ from synthcl.training import train
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: these models are so small that a second one mostly adds OpenMP waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

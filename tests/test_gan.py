@@ -16,14 +16,7 @@ from synthcl.registry import GENERATORS
 POLICIES = ["color", "translation", "cutout", "translation,cutout,color"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tests on one thread: the models are so small that a second thread adds more OpenMP
-    synchronisation than it saves, and on a busy machine the spinning threads can slow a test tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -31,7 +31,7 @@ from synthcl.config import read_run_recipe
 from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
 from synthcl.eval.probes import extract_features, knn_accuracy, linear_probe
-from synthcl.eval.run import load_run_backbone
+from synthcl.eval.run import load_run_backbone, run_device, run_features
 from synthcl.io import atomic_write_json
 from synthcl.registry import DATASETS
 
@@ -97,10 +97,6 @@ def held_out_split(source: ImageSource, share: float = HELD_OUT_SHARE, seed: int
     return source.subset(torch.cat(train).sort().values), source.subset(torch.cat(test).sort().values)
 
 
-def _device(recipe: Any, device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() and not recipe.train.cpu else "cpu"))
-
-
 def _probe_fractions(
     x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, fractions: list[float], eval_cfg: Any,
     seed: int, quiet: bool,
@@ -158,23 +154,13 @@ def evaluate_efficiency(
     """
     fractions = check_fractions(fractions)
     run_dir = Path(run_dir)
-    backbone, info = load_run_backbone(run_dir, init)
-    recipe = read_run_recipe(run_dir)
-    d, e = recipe.data, recipe.eval
-    dev = _device(recipe, device)
-    backbone.to(dev)
-    kwargs: dict[str, Any] = {"root": d.root, "image_size": d.image_size, "channels": d.channels,
-                              "download": d.download, "num_workers": d.num_workers, "options": d.options}
     start = time.perf_counter()
-    train_set, test_set = load_dataset(d.dataset, "train", **kwargs), load_dataset(d.dataset, "test", **kwargs)
-    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
-    if not quiet:
-        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
-    x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
-    x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
+    f = run_features(run_dir, init, device=device, quiet=quiet)
+    e = f.recipe.eval
+    x_train, y_train, x_test, y_test = f.x_train, f.y_train, f.x_test, f.y_test
     result: dict[str, Any] = {
-        "run_dir": str(run_dir), "protocol": "efficiency", "init": init, "dataset": d.dataset,
-        "train_images": len(train_set), "test_images": len(test_set), "label_fractions": fractions,
+        "run_dir": str(run_dir), "protocol": "efficiency", "init": init, "dataset": f.recipe.data.dataset,
+        "train_images": len(y_train), "test_images": len(y_test), "label_fractions": fractions,
         "subsets": SUBSETS.format(seed=seed),
         "results": _probe_fractions(x_train, y_train, x_test, y_test, fractions, e, seed, quiet),
     }
@@ -272,7 +258,7 @@ def evaluate_transfer(
         dataset, image_size, channels, root=root if root is not None else (d.root if same else None),
         options=d.options if same else None, num_workers=d.num_workers,
     )
-    dev = _device(recipe, device)
+    dev = run_device(recipe, device)
     backbone.to(dev)
     mean, std = info["normalization"]["mean"], info["normalization"]["std"]
     if not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -89,22 +90,12 @@ def evaluate_run(
         ``eval.json`` (or ``eval-random.json``) in the run directory.
     """
     run_dir = Path(run_dir)
-    backbone, info = load_run_backbone(run_dir, init)
-    recipe = read_run_recipe(run_dir)
-    d, e = recipe.data, recipe.eval
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not recipe.train.cpu else "cpu"))
-    backbone.to(dev)
-    kwargs = dict(root=d.root, image_size=d.image_size, channels=d.channels, download=d.download,
-                  num_workers=d.num_workers, options=d.options)
     start = time.perf_counter()
-    train_set, test_set = load_dataset(d.dataset, "train", **kwargs), load_dataset(d.dataset, "test", **kwargs)
-    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
-    if not quiet:
-        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
-    x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
-    x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "dataset": d.dataset,
-                              "train_images": len(train_set), "test_images": len(test_set)}
+    f = run_features(run_dir, init, device=device, quiet=quiet)
+    e = f.recipe.eval
+    x_train, y_train, x_test, y_test = f.x_train, f.y_train, f.x_test, f.y_test
+    result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "dataset": f.recipe.data.dataset,
+                              "train_images": len(y_train), "test_images": len(y_test)}
     if protocol in ("linear", "all"):
         result["linear_top1"] = linear_probe(
             x_train, y_train, x_test, y_test, epochs=e.linear_epochs, lr=e.linear_lr,
@@ -115,3 +106,38 @@ def evaluate_run(
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json"), result)
     return result
+
+
+@dataclasses.dataclass
+class RunFeatures:
+    """Frozen-backbone features of a run's own labelled train and test sets."""
+
+    recipe: Any
+    info: dict[str, Any]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def run_device(recipe: Any, device: str | None) -> torch.device:
+    """``device``, or the GPU where there is one and the run's recipe did not force the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() and not recipe.train.cpu else "cpu"))
+
+
+def run_features(run_dir: Path, init: str, *, device: str | None = None, quiet: bool = False) -> RunFeatures:
+    """Load the run's backbone (trained or random init) and embed its dataset's train and test splits."""
+    backbone, info = load_run_backbone(run_dir, init)
+    recipe = read_run_recipe(run_dir)
+    d, e = recipe.data, recipe.eval
+    dev = run_device(recipe, device)
+    backbone.to(dev)
+    kwargs: dict[str, Any] = {"root": d.root, "image_size": d.image_size, "channels": d.channels,
+                              "download": d.download, "num_workers": d.num_workers, "options": d.options}
+    train_set, test_set = load_dataset(d.dataset, "train", **kwargs), load_dataset(d.dataset, "test", **kwargs)
+    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
+    if not quiet:
+        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
+    x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
+    x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
+    return RunFeatures(recipe, info, x_train, y_train, x_test, y_test)
