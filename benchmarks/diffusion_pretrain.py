@@ -20,18 +20,16 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from _machine import describe, markdown  # noqa: E402
+from _pretrain import score_table, train_and_measure  # noqa: E402
 
-from synthcl.eval.generator_eval import evaluate_generator  # noqa: E402
 from synthcl.generation import write_samples  # noqa: E402
 from synthcl.interfaces import Generator  # noqa: E402
-from synthcl.training import train  # noqa: E402
 from synthcl.training.generator_loop import generator_folder  # noqa: E402
 from synthcl.viz import save_pair_ladder  # noqa: E402
 
@@ -59,17 +57,11 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
     machine = describe()
-    features = "encoder" if args.encoder else "inception"
     overrides = [f"train.max_steps={args.steps}"] if args.steps else []
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
-        start = time.perf_counter()
-        run = train(RECIPE, out=runs / RECIPE, overwrite=True, quiet=True, overrides=overrides)
-        train_s = time.perf_counter() - start
-        start = time.perf_counter()
-        before = evaluate_generator(run, encoder=args.encoder, features=features, n=args.n, init="random", quiet=True)
-        after = evaluate_generator(run, encoder=args.encoder, features=features, n=args.n, quiet=True)
-        eval_s = time.perf_counter() - start
+        m = train_and_measure(RECIPE, runs / RECIPE, encoder=args.encoder, n=args.n, overrides=overrides)
+        run, before, after, train_s, eval_s = m["run"], m["before"], m["after"], m["train_s"], m["eval_s"]
         args.images.mkdir(parents=True, exist_ok=True)
         write_samples(run, args.images / "diffusion-fashion-mnist-samples.png", n=64)
         for method in ("ema", "branch"):
@@ -77,13 +69,6 @@ def main() -> None:
         shutil.copy(run / "samples" / "step-0000000.png", args.images / "diffusion-fashion-mnist-step0.png")
         steps = int(json.loads((run / "run.json").read_text())["step"])
         config = json.loads((generator_folder(run) / "config.json").read_text())["config"]
-
-    key = "fid" if "fid" in after["generator"] else "fd"
-    label = "FID" if key == "fid" else "Frechet distance"
-
-    def row(name: str, result: dict, which: str) -> str:
-        m = result[which]
-        return f"| {name} | {m[key]:.1f} | {m['kid']:.4f} ± {m['kid_std']:.4f} |"
 
     levels = ", ".join(f"{h:g}" for h in LEVELS)
     lines = [
@@ -98,11 +83,7 @@ def main() -> None:
         (f"- Feature space: {after['feature_space']}; {args.n} generated vs. {args.n} real training images "
          "(FID depends on the sample size: compare only numbers with the same n)"),
         "",
-        f"| generator | {label} | KID |",
-        "|---|---:|---:|",
-        row("start (untrained, step 0)", before, "generator"),
-        row(f"end (step {steps})", after, "generator"),
-        row(f"end, moving-average partner (step {steps})", after, "partner"),
+        *score_table(before, after, steps),
         "",
         f"Pretraining took {train_s:.0f} s; the four measurements took {eval_s:.0f} s.",
         ("Samples: `docs/images/diffusion-fashion-mnist-samples.png` (step 0: `diffusion-fashion-mnist-step0.png`); "

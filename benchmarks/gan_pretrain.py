@@ -14,19 +14,18 @@ encoder's feature space instead; the table says which feature space was used.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe, markdown  # noqa: E402
+from _pretrain import score_table, train_and_measure  # noqa: E402
 
-from synthcl.eval.generator_eval import evaluate_generator  # noqa: E402
 from synthcl.generation import write_pair_ladder, write_samples  # noqa: E402
-from synthcl.training import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,28 +39,15 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
     machine = describe()
-    features = "encoder" if args.encoder else "inception"
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
-        start = time.perf_counter()
-        run = train("fashion-mnist-gan", out=runs / "fashion-mnist-gan", overwrite=True, quiet=True)
-        train_s = time.perf_counter() - start
-        start = time.perf_counter()
-        before = evaluate_generator(run, encoder=args.encoder, features=features, n=args.n, init="random", quiet=True)
-        after = evaluate_generator(run, encoder=args.encoder, features=features, n=args.n, quiet=True)
-        eval_s = time.perf_counter() - start
+        m = train_and_measure("fashion-mnist-gan", runs / "fashion-mnist-gan", encoder=args.encoder, n=args.n)
+        run, before, after, train_s, eval_s = m["run"], m["before"], m["after"], m["train_s"], m["eval_s"]
         args.images.mkdir(parents=True, exist_ok=True)
         write_samples(run, args.images / "gan-fashion-mnist-samples.png", n=64)
         write_pair_ladder(run, args.images / "gan-fashion-mnist-pairs.png", n=8, max_hardness=1.5, rungs=4)
         shutil.copy(run / "samples" / "step-0000000.png", args.images / "gan-fashion-mnist-step0.png")
-        steps = int(__import__("json").loads((run / "run.json").read_text())["step"])
-
-    key = "fid" if "fid" in after["generator"] else "fd"
-    label = "FID" if key == "fid" else "Frechet distance"
-
-    def row(name: str, result: dict, which: str) -> str:
-        m = result[which]
-        return f"| {name} | {m[key]:.1f} | {m['kid']:.4f} ± {m['kid_std']:.4f} |"
+        steps = int(json.loads((run / "run.json").read_text())["step"])
 
     lines = [
         "# GAN pretraining on Fashion-MNIST",
@@ -74,11 +60,7 @@ def main() -> None:
         f"- Feature space: {after['feature_space']}; {args.n} generated vs. {args.n} real training images "
         "(FID depends on the sample size: compare only numbers with the same n)",
         "",
-        f"| generator | {label} | KID |",
-        "|---|---:|---:|",
-        row("start (untrained, step 0)", before, "generator"),
-        row(f"end (step {steps})", after, "generator"),
-        row(f"end, moving-average partner (step {steps})", after, "partner"),
+        *score_table(before, after, steps),
         "",
         f"Pretraining took {train_s:.0f} s; the four measurements took {eval_s:.0f} s.",
         "Samples: `docs/images/gan-fashion-mnist-samples.png`; positive pairs (generator | partner) at "
