@@ -203,8 +203,15 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         ok, note = diffusion_status()
         if ok:
             name, overrides, extra = diffusion_recipe_args()
-            cases["joint diffusion"] = SynthclStep(recipe(name, overrides, extra), data)
+            own = recipe(name, overrides, extra)
+            cases["joint diffusion"] = SynthclStep(own, data)
             limits["joint diffusion"] = min(args.rounds, args.diffusion_rounds)
+            # The other cadence beside the recipe's, to show what the generator update costs.
+            for every in (2, 4):
+                if every != own.synthesis.generator_every:
+                    row = f"joint diffusion, generator_every={every}"
+                    cases[row] = SynthclStep(recipe(name, [*overrides, f"synthesis.generator_every={every}"], extra), data)
+                    limits[row] = limits["joint diffusion"]
             if note:
                 notes.append(note)
         else:
@@ -215,7 +222,7 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     for name in cases:
         split = {k: med([p[k] for p in timed["phases"][name]]) for k in timed["phases"][name][0]}
         ratio = med(paired_ratios(sec[name], sec["none"]))  # zip pairs a limited case with its own rounds
-        target = TARGETS["S2 diffusion"] if "diffusion" in name else TARGETS["S2 gan"] if name == "joint gan" else None
+        target = {"joint diffusion": TARGETS["S2 diffusion"], "joint gan": TARGETS["S2 gan"]}.get(name)
         rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
                      "target": target, "rounds": len(sec[name])})
     loop_check = real_loop_check(args, steps, log)
@@ -255,9 +262,10 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
         f"recipe's own `Synthesizer`). {res['steps']} timed steps per round"
         + (" (--quick: cadence rows are not meaningful)." if args.quick else
            " (a multiple of 4 so every cadence runs whole cycles).")
-        + " The diffusion row uses `recipes/fashion-mnist-joint-diffusion.yaml` "
-        "(its own ratio, generator options and learning rate) with the same warm-up override, and takes part in "
-        f"the first {args.diffusion_rounds} rounds only (it is the slowest).",
+        + " The diffusion rows use `recipes/fashion-mnist-joint-diffusion.yaml` "
+        "(its own ratio, generator options, learning rate and cadence; the other row changes only the cadence) "
+        f"with the same warm-up override, and take part in the first {args.diffusion_rounds} rounds only "
+        "(they are the slowest).",
         "",
         ("Phases (ms per step, medians): augment = real views; synthesize = latents -> generator (and partner) "
         "-> augmented synthetic views; learner = forward/backward/optimizer on real + synthetic views; "
