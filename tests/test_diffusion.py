@@ -425,6 +425,33 @@ def test_pretrained_options_override_the_saved_ones(tmp_path, tiny_recipe):
                        generator.unet.conv_in.weight)
 
 
+def test_switching_generator_name_drops_the_other_generators_options(tmp_path, tiny_recipe, caplog):
+    """A GAN recipe with generator.name switched to diffusion (and back) builds the named generator; the
+    other generator's options are dropped with one warning naming them; a typo still fails."""
+    from synthcl.training.generator_loop import build_generator
+    from synthcl.training.loop import load_train_source
+
+    gan_options = {"preset": "tiny", "diffaugment": "translation,cutout"}
+    recipe = tiny_recipe(generator={"name": "diffusion", "options": gan_options})
+    with caplog.at_level("WARNING"):
+        generator = build_generator(recipe, load_train_source(recipe))
+    assert isinstance(generator, Diffusion) and generator.config["preset"] == "tiny"
+    assert [r.getMessage() for r in caplog.records] == [
+        "generator.options: diffaugment is for another generator (gan), not 'diffusion'; ignored"]
+
+    caplog.clear()
+    recipe = tiny_recipe(data={"image_size": 28}, generator={"name": "gan", "options": {
+        "preset": "tiny", "sampling_steps": 3, "pair_method": "branch"}})
+    with caplog.at_level("WARNING"):
+        generator = build_generator(recipe, load_train_source(recipe))
+    assert generator.registry_name() == "gan"
+    assert "sampling_steps, pair_method are for another generator (diffusion)" in caplog.records[0].getMessage()
+
+    recipe = tiny_recipe(generator={"name": "diffusion", "options": {"preset": "tiny", "sampling_stepz": 3}})
+    with pytest.raises(ConfigError, match="sampling_stepz"):
+        build_generator(recipe, load_train_source(recipe))
+
+
 # -- training --------------------------------------------------------------------------------------------
 
 TINY_DIFFUSION = {"name": "diffusion", "options": {"preset": "tiny", "sampling_steps": 2}, "lr": 1e-3,

@@ -7,6 +7,8 @@ resume, NaN stop; plus sample grids in ``samples/`` and the final generator in `
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import time
 from pathlib import Path
@@ -37,6 +39,8 @@ from synthcl.training.loop import (
 )
 from synthcl.viz import save_sample_grid
 
+logger = logging.getLogger(__name__)
+
 GENERATOR_COLUMNS = ["step", "epoch", "critic_loss", "generator_loss", "images_per_s", "elapsed_s"]
 EXPORT = "generator"
 
@@ -45,6 +49,48 @@ def generator_folder(path: str | Path) -> Path:
     """The ``save_pretrained`` folder of a generator run directory, or ``path`` itself."""
     path = Path(path)
     return path / EXPORT if (path / EXPORT / "config.json").is_file() else path
+
+
+def accepted_options(factory: Any) -> set[str] | None:
+    """Keyword options a generator's constructor takes (None: it takes any, ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without those that belong to another registered generator and not to ``name``.
+
+    A recipe written for one generator keeps working when ``generator.name`` switches to another (its
+    GAN-only ``diffaugment`` does not stop a diffusion run): such options are dropped with a warning that
+    names them. An option no registered generator takes is kept, so the constructor's error reports the
+    typo.
+    """
+    try:
+        accepted = accepted_options(GENERATORS.get(name))
+    except Exception:  # an unknown name: left to the caller's lookup, which says so in one line
+        return dict(options)
+    foreign = [k for k in options if accepted is not None and k not in accepted]
+    owners: dict[str, list[str]] = {}
+    for other in GENERATORS.names() if foreign else []:
+        if other == name:
+            continue
+        try:
+            theirs = accepted_options(GENERATORS.get(other))
+        except Exception:  # a broken third-party entry point does not concern this run
+            continue
+        for key in foreign:
+            if theirs is not None and key in theirs:
+                owners.setdefault(key, []).append(other)
+    if owners:
+        logger.warning("generator.options: %s %s for another generator (%s), not '%s'; ignored",
+                       ", ".join(owners), "is" if len(owners) == 1 else "are",
+                       ", ".join(sorted({o for names in owners.values() for o in names})), name)
+    return {k: v for k, v in options.items() if k not in owners}
 
 
 def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
@@ -56,9 +102,10 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
         DataError: if a pretrained generator makes images of another size or channel count.
     """
     g = recipe.generator
+    options = portable_options(g.name, g.options) if g.name is not None else dict(g.options)
     if g.pretrained is not None:
         # generator.options override the saved options (e.g. a diffusion model's sampling steps).
-        generator = Generator.from_pretrained(generator_folder(g.pretrained), **g.options)
+        generator = Generator.from_pretrained(generator_folder(g.pretrained), **options)
         if g.name is not None and generator.registry_name() != g.name:
             raise CheckpointError(
                 f"generator.pretrained holds a '{generator.registry_name()}' generator but generator.name is '{g.name}'"
@@ -66,7 +113,7 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
     else:
         factory = GENERATORS.get(g.name)
         try:
-            generator = factory(image_size=source.image_size, channels=source.channels, **g.options)
+            generator = factory(image_size=source.image_size, channels=source.channels, **options)
         except TypeError as err:
             raise ConfigError(f"generator.options: {err}") from None
     if not isinstance(generator, Generator):
