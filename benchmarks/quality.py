@@ -159,6 +159,33 @@ def targets(linear: dict) -> list[str]:
     return lines
 
 
+def paired(rows: list[dict]) -> list[str]:
+    """Differences to ``none`` run by run at the same seed, which fixes the learner's initialisation, the
+    order of the real batches and their augmentations (the loop seeds them all from ``train.seed``), so the
+    seed-to-seed spread that every mode shares cancels."""
+    by_seed: dict[tuple[float, str], dict[int, dict]] = {}
+    for r in rows:
+        by_seed.setdefault((r["fraction"], label(r)), {})[r["seed"]] = r
+    lines = []
+    for (f, name), runs in sorted(by_seed.items()):
+        none = by_seed.get((f, "none"), {})
+        seeds = sorted(set(runs) & set(none))
+        if name == "none" or len(seeds) < 2:
+            continue
+        parts = []
+        for metric in ("linear", "knn"):
+            d = [runs[s][metric] - none[s][metric] for s in seeds]
+            parts.append(f"{statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} "
+                         f"(higher in {sum(x > 0 for x in d)} of {len(d)}: {', '.join(f'{x:+.2f}' for x in d)})")
+        lines.append(f"| {f} | {name} - none | {' | '.join(parts)} |")
+    if not lines:
+        return []
+    return ["", "## Paired by seed", "",
+            "Each run minus `none` at the same seed (same learner initialisation, real batches and augmentations); "
+            "mean ± standard deviation of the differences:", "",
+            "| fraction | comparison | linear top-1 | kNN top-1 |", "|---:|---|---|---|", *lines]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
@@ -189,6 +216,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_grid(args, args.runs or Path(tmp))
     store = args.out.with_suffix(".json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = {} if args.fresh or not store.is_file() else json.loads(store.read_text())
     if isinstance(previous, list):  # the first format: rows only
         previous = {"commands": [], "rows": previous}
@@ -210,11 +238,10 @@ def main() -> None:
     if variants:
         lines += ["", "Variants (recipe overrides on top of the generator's joint recipe):", ""]
         lines += [f"- `{name}`: `{' '.join(o)}`" for name, o in sorted(variants.items())]
-    lines += ["", "## Targets", "", *targets(linear)]
+    lines += ["", "## Targets", "", *targets(linear), *paired(all_rows)]
     if plot(all_rows, args.out.with_suffix(".png")):
         lines += ["", f"![linear top-1 against fraction]({args.out.with_suffix('.png').name})"]
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     store.write_text(json.dumps({"commands": commands, "rows": all_rows}, indent=1))
     print("\n".join(lines))
