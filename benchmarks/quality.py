@@ -170,11 +170,14 @@ def paired(rows: list[dict]) -> list[str]:
     for (f, name), runs in sorted(by_seed.items()):
         none = by_seed.get((f, "none"), {})
         seeds = sorted(set(runs) & set(none))
-        if name == "none" or len(seeds) < 2:
+        if name == "none" or not seeds:
             continue
         parts = []
         for metric in ("linear", "knn"):
             d = [runs[s][metric] - none[s][metric] for s in seeds]
+            if len(d) == 1:  # a one-seed sweep point: its difference, no spread
+                parts.append(f"{d[0]:+.2f} (seed {seeds[0]} only)")
+                continue
             parts.append(f"{statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} "
                          f"(higher in {sum(x > 0 for x in d)} of {len(d)}: {', '.join(f'{x:+.2f}' for x in d)})")
         lines.append(f"| {f} | {name} - none | {' | '.join(parts)} |")

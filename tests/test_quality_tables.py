@@ -28,7 +28,7 @@ ROWS = [
     row("none", 0, 80.0, 70.0), row("none", 1, 81.0, 71.0), row("none", 2, 82.0, 72.0),
     row("joint", 0, 82.5, 70.5), row("joint", 1, 83.0, 70.5), row("joint", 2, 84.5, 73.0),
     row("static", 0, 80.0, 70.0), row("static", 2, 81.0, 71.0),
-    row("joint", 0, 90.0, 90.0, generator="diffusion"),  # one seed: no paired row
+    row("joint", 0, 90.0, 90.0, generator="diffusion"),  # one seed: its difference alone
 ]
 
 
@@ -57,6 +57,7 @@ def test_paired_differences_use_matching_seeds_only(quality):
     assert table == [
         "| 0.1 | joint - none | +2.33 ± 0.29 (higher in 3 of 3: +2.50, +2.00, +2.50) "
         "| +0.33 ± 0.76 (higher in 2 of 3: +0.50, -0.50, +1.00) |",
+        "| 0.1 | joint (diffusion) - none | +10.00 (seed 0 only) | +20.00 (seed 0 only) |",
         "| 0.1 | static - none | -0.50 ± 0.71 (higher in 0 of 2: +0.00, -1.00) "
         "| -0.50 ± 0.71 (higher in 0 of 2: +0.00, -1.00) |",
     ]
