@@ -456,23 +456,7 @@ def test_switching_generator_name_drops_the_other_generators_options(tmp_path, t
 
 TINY_DIFFUSION = {"name": "diffusion", "options": {"preset": "tiny", "sampling_steps": 2}, "lr": 1e-3,
                   "betas": [0.9, 0.999]}
-JOINT = {
-    "generator": TINY_DIFFUSION,
-    "synthesis": {"mode": "joint", "ratio": 0.25, "warmup_steps": 1, "hardness": 0.2, "hardness_final": 0.6,
-                  "sample_every": 2},
-    "train": {"max_steps": 4, "log_every": 2, "checkpoint_every": 2},
-}
-
-
-def test_joint_resume_is_bit_identical(tmp_path, tiny_recipe):
-    full = train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 4}}), out=tmp_path / "full", quiet=True)
-    part = tmp_path / "part"
-    train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 2}}), out=part, quiet=True)
-    train(tiny_recipe(**{**JOINT, "train": {**JOINT["train"], "max_steps": 4}}), out=part, resume=True, quiet=True)
-    for name in ("weights", "generator"):
-        a = load_file(str(full / f"checkpoints/last/{name}.safetensors"))
-        b = load_file(str(part / f"checkpoints/last/{name}.safetensors"))
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+# Every synthesis mode and exact joint resume, for both generators: tests/test_synthesis.py.
 
 
 def _synthesizer(mode: str, warmup_steps: int):
