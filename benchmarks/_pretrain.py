@@ -35,3 +35,33 @@ def score_table(before: dict[str, Any], after: dict[str, Any], steps: int) -> li
     return [f"| generator | {label} | KID |", "|---|---:|---:|",
             row("start (untrained, step 0)", before, "generator"), row(f"end (step {steps})", after, "generator"),
             row(f"end, moving-average partner (step {steps})", after, "partner")]
+
+
+def write_report(out: Path, *, title: str, command: str, machine: str, recipe: str, measured: dict[str, Any],
+                 steps: int, n: int, images: str) -> None:
+    """Write (and print) the markdown report of one pretraining benchmark run.
+
+    Args:
+        title: the page's heading; command: how the run was started; machine: its markdown lines.
+        recipe: the recipe line's text; measured: :func:`train_and_measure`'s result.
+        steps: the generator steps trained; n: images per measurement; images: where the pictures are.
+    """
+    before, after = measured["before"], measured["after"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- Command: `{command}`",
+        machine,
+        f"- Recipe: {recipe}",
+        f"- Feature space: {after['feature_space']}; {n} generated vs. {n} real training images "
+        "(FID depends on the sample size: compare only numbers with the same n)",
+        "",
+        *score_table(before, after, steps),
+        "",
+        f"Pretraining took {measured['train_s']:.0f} s; the four measurements took {measured['eval_s']:.0f} s.",
+        images,
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))

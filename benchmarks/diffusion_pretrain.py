@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from _machine import describe, markdown  # noqa: E402
-from _pretrain import score_table, train_and_measure  # noqa: E402
+from _pretrain import train_and_measure, write_report  # noqa: E402
 
 from synthcl.generation import write_samples  # noqa: E402
 from synthcl.interfaces import Generator  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
         m = train_and_measure(RECIPE, runs / RECIPE, encoder=args.encoder, n=args.n, overrides=overrides)
-        run, before, after, train_s, eval_s = m["run"], m["before"], m["after"], m["train_s"], m["eval_s"]
+        run = m["run"]
         args.images.mkdir(parents=True, exist_ok=True)
         write_samples(run, args.images / "diffusion-fashion-mnist-samples.png", n=64)
         for method in ("ema", "branch"):
@@ -71,31 +71,22 @@ def main() -> None:
         config = json.loads((generator_folder(run) / "config.json").read_text())["config"]
 
     levels = ", ".join(f"{h:g}" for h in LEVELS)
-    lines = [
-        "# Diffusion pretraining on Fashion-MNIST",
-        "",
-        (f"- Command: `python benchmarks/diffusion_pretrain.py --n {args.n}"
-         + (f" --encoder {args.encoder}" if args.encoder else "") + (f" --steps {args.steps}" if args.steps else "")
-         + "`"),
-        markdown(machine),
-        (f"- Recipe: `recipes/{RECIPE}.yaml` (UNet preset `{config['preset']}`, {config['sampling_steps']}-step DDIM "
-         f"with trailing timesteps, batch 128, {steps} denoising steps, all 60k training images)"),
-        (f"- Feature space: {after['feature_space']}; {args.n} generated vs. {args.n} real training images "
-         "(FID depends on the sample size: compare only numbers with the same n)"),
-        "",
-        *score_table(before, after, steps),
-        "",
-        f"Pretraining took {train_s:.0f} s; the four measurements took {eval_s:.0f} s.",
-        ("Samples: `docs/images/diffusion-fashion-mnist-samples.png` (step 0: `diffusion-fashion-mnist-step0.png`); "
-         f"positive pairs at hardness {levels} (the standard deviation of the fresh noise mixed in): "
-         "`docs/images/diffusion-fashion-mnist-pairs-ema.png` (model | moving-average partner) and "
-         "`docs/images/diffusion-fashion-mnist-pairs-branch.png` (one denoising path split at that noise level)."),
-        "",
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
-
+    write_report(
+        args.out, title="Diffusion pretraining on Fashion-MNIST",
+        command=(f"python benchmarks/diffusion_pretrain.py --n {args.n}"
+                 + (f" --encoder {args.encoder}" if args.encoder else "")
+                 + (f" --steps {args.steps}" if args.steps else "")),
+        machine=markdown(machine),
+        recipe=(f"`recipes/{RECIPE}.yaml` (UNet preset `{config['preset']}`, {config['sampling_steps']}-step DDIM "
+                f"with trailing timesteps, batch 128, {steps} denoising steps, all 60k training images)"),
+        measured=m, steps=steps, n=args.n,
+        images=("Samples: `docs/images/diffusion-fashion-mnist-samples.png` (step 0: "
+                "`diffusion-fashion-mnist-step0.png`); "
+                f"positive pairs at hardness {levels} (the standard deviation of the fresh noise mixed in): "
+                "`docs/images/diffusion-fashion-mnist-pairs-ema.png` (model | moving-average partner) and "
+                "`docs/images/diffusion-fashion-mnist-pairs-branch.png` (one denoising path split at that noise "
+                "level)."),
+    )
 
 if __name__ == "__main__":
     main()

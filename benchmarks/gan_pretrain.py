@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe, markdown  # noqa: E402
-from _pretrain import score_table, train_and_measure  # noqa: E402
+from _pretrain import train_and_measure, write_report  # noqa: E402
 
 from synthcl.generation import write_pair_ladder, write_samples  # noqa: E402
 
@@ -42,35 +42,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
         m = train_and_measure("fashion-mnist-gan", runs / "fashion-mnist-gan", encoder=args.encoder, n=args.n)
-        run, before, after, train_s, eval_s = m["run"], m["before"], m["after"], m["train_s"], m["eval_s"]
+        run = m["run"]
         args.images.mkdir(parents=True, exist_ok=True)
         write_samples(run, args.images / "gan-fashion-mnist-samples.png", n=64)
         write_pair_ladder(run, args.images / "gan-fashion-mnist-pairs.png", n=8, max_hardness=1.5, rungs=4)
         shutil.copy(run / "samples" / "step-0000000.png", args.images / "gan-fashion-mnist-step0.png")
         steps = int(json.loads((run / "run.json").read_text())["step"])
 
-    lines = [
-        "# GAN pretraining on Fashion-MNIST",
-        "",
-        f"- Command: `python benchmarks/gan_pretrain.py --n {args.n}"
-        + (f" --encoder {args.encoder}" if args.encoder else "") + "`",
-        markdown(machine),
-        f"- Recipe: `recipes/fashion-mnist-gan.yaml` (GAN preset `cpu`, batch 64, {steps} generator steps, "
-        "all 60k training images)",
-        f"- Feature space: {after['feature_space']}; {args.n} generated vs. {args.n} real training images "
-        "(FID depends on the sample size: compare only numbers with the same n)",
-        "",
-        *score_table(before, after, steps),
-        "",
-        f"Pretraining took {train_s:.0f} s; the four measurements took {eval_s:.0f} s.",
-        "Samples: `docs/images/gan-fashion-mnist-samples.png`; positive pairs (generator | partner) at "
-        "latent perturbation 0, 0.5, 1.0, 1.5: `docs/images/gan-fashion-mnist-pairs.png`.",
-        "",
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
-
+    write_report(
+        args.out, title="GAN pretraining on Fashion-MNIST",
+        command=f"python benchmarks/gan_pretrain.py --n {args.n}" + (f" --encoder {args.encoder}" if args.encoder else ""),
+        machine=markdown(machine),
+        recipe=(f"`recipes/fashion-mnist-gan.yaml` (GAN preset `cpu`, batch 64, {steps} generator steps, "
+                "all 60k training images)"),
+        measured=m, steps=steps, n=args.n,
+        images=("Samples: `docs/images/gan-fashion-mnist-samples.png`; positive pairs (generator | partner) at "
+                "latent perturbation 0, 0.5, 1.0, 1.5: `docs/images/gan-fashion-mnist-pairs.png`."),
+    )
 
 if __name__ == "__main__":
     main()
