@@ -19,7 +19,7 @@ import torch
 import synthcl
 from synthcl.config import Recipe, dump_recipe
 from synthcl.data import ImageSource
-from synthcl.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, TrainingDiverged
 from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_json, atomic_write_text
 from synthcl.progress import ProgressBar
@@ -72,7 +72,7 @@ def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """
     try:
         accepted = accepted_options(GENERATORS.get(name))
-    except Exception:  # an unknown name: left to the caller's lookup, which says so in one line
+    except RegistryError:  # an unknown name: left to the caller's lookup, which says so in one line
         return dict(options)
     foreign = [k for k in options if accepted is not None and k not in accepted]
     owners: dict[str, list[str]] = {}
