@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from synthcl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, recipe_to_dict
+from synthcl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, recipe_to_dict, schedule_steps
 from synthcl.data import ImageSource
 from synthcl.synthesis.engine import build_synthesizer
 from synthcl.training.loop import (
@@ -109,7 +109,7 @@ class SynthclStep:
             self.learner = self.learner.to(memory_format=torch.channels_last)
         self.unwrapped = self.learner
         steps_per_epoch = data.source.batches_per_epoch(self.batch)
-        total = max(1, round(t.epochs * steps_per_epoch))
+        total = schedule_steps(t, steps_per_epoch)
         self.optimizer = build_optimizer(self.learner, r.optim)
         self.scheduler = build_scheduler(self.optimizer, r.optim, steps_per_epoch, total)
         self.synth = build_synthesizer(r, data.source, self.device, total)

@@ -8,6 +8,7 @@ Unknown keys, values of the wrong type and unknown registry names fail before an
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class OptimConfig:
     """Biases and normalisation weights get no weight decay and no LARS adaptation."""
     warmup_epochs: float = 10.0
     """Linear warm-up length, then cosine decay to min_lr."""
+    warmup_steps: int | None = None
+    """Warm-up length in learner steps; when set, it replaces `warmup_epochs` (the same warm-up whatever
+    `data.fraction` is, which `warmup_epochs` cannot give: an epoch of a fraction is fewer steps)."""
     min_lr: float = 0.0
     grad_clip: float | None = None
     """Clip the global gradient norm to this value (None: no clipping)."""
@@ -112,7 +116,12 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 256
     """Global batch of real images (split across processes)."""
-    epochs: float = 100.0
+    epochs: float | None = None
+    """Length of the schedule in passes over the (fraction of the) training set; None: 100, unless
+    `steps` is set. Excludes `steps`."""
+    steps: int | None = None
+    """Length of the schedule in learner steps, whatever `data.fraction` is (comparing fractions at equal
+    steps is one override). Excludes `epochs`; a command-line override of one clears the other."""
     max_steps: int | None = None
     """Stop after this many steps (the schedule still spans `epochs`); for smoke tests."""
     precision: Literal["no", "bf16", "fp16"] = "no"
@@ -137,6 +146,10 @@ class EvalConfig:
     linear_weight_decay: float = 1e-5
     knn_k: int = 200
     knn_temperature: float = 0.1
+    few_label_fraction: float = 0.01
+    """The few-label linear probe: this share of each class's labels (class-balanced)..."""
+    few_label_seeds: int = 3
+    """...averaged over this many label-subset seeds (0, 1, ...), with their standard deviation."""
     batch_size: int = 512
     """Batch size for feature extraction."""
 
@@ -150,6 +163,12 @@ class GeneratorConfig:
     the data. With `pretrained`, they override the saved options (e.g. `sampling_steps`)."""
     pretrained: str | None = None
     """A generator run directory or a `save_pretrained` folder to start from."""
+    pretrain_steps: int = 0
+    """Without `pretrained`: generator-only steps on the run's real images before the first learner step,
+    in the run's `generator-pretrain/` (a generator run of its own, resumed with the learner run). They
+    are not learner steps: `train.steps` counts the learner alone."""
+    pretrain_batch_size: int = 64
+    """Real images per step of that in-run pretraining."""
     lr: float = 2.0e-4
     """Generator learning rate (Adam)."""
     critic_lr: float = 2.0e-4
@@ -328,6 +347,21 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def schedule_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    """Learner (or generator) steps of the whole schedule: `train.steps`, else `train.epochs` (default
+    100) passes of ``steps_per_epoch``."""
+    if train.steps is not None:
+        return train.steps
+    epochs = 100.0 if train.epochs is None else train.epochs
+    return max(1, math.ceil(epochs * steps_per_epoch))
+
+
+def warmup_length(optim: OptimConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps of the learning-rate warm-up: `optim.warmup_steps`, else `optim.warmup_epochs` in epochs."""
+    steps = optim.warmup_steps if optim.warmup_steps is not None else int(round(optim.warmup_epochs * steps_per_epoch))
+    return min(steps, total_steps)
+
+
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return dataclasses.asdict(recipe)
 
@@ -377,20 +411,28 @@ def validate(recipe: Recipe) -> None:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(len(o.betas) == 2, f"optim.betas must be [beta1, beta2], got {o.betas}")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    _check(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0, got {o.grad_clip}")
     _check(t.batch_size >= 2, f"train.batch_size must be >= 2, got {t.batch_size}")
-    _check(t.epochs > 0, f"train.epochs must be > 0, got {t.epochs}")
+    _check(t.epochs is None or t.steps is None,
+           f"train.epochs ({t.epochs}) and train.steps ({t.steps}) exclude each other; set one of them")
+    _check(t.epochs is None or t.epochs > 0, f"train.epochs must be > 0, got {t.epochs}")
+    _check(t.steps is None or t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     _check(e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}")
     _check(e.linear_epochs >= 1, f"eval.linear_epochs must be >= 1, got {e.linear_epochs}")
+    _check(0 < e.few_label_fraction <= 1, f"eval.few_label_fraction must be in (0, 1], got {e.few_label_fraction}")
+    _check(e.few_label_seeds >= 1, f"eval.few_label_seeds must be >= 1, got {e.few_label_seeds}")
     g = recipe.generator
     _check(g.lr > 0 and g.critic_lr > 0, f"generator.lr and generator.critic_lr must be > 0, got {g.lr}, {g.critic_lr}")
     _check(len(g.betas) == 2, f"generator.betas must be [beta1, beta2], got {g.betas}")
     _check(g.critic_steps >= 1, f"generator.critic_steps must be >= 1, got {g.critic_steps}")
     _check(0.0 <= g.partner_momentum <= 1.0, f"generator.partner_momentum must be in [0, 1], got {g.partner_momentum}")
     _check(g.sample_every >= 1 and g.samples >= 1, "generator.sample_every and generator.samples must be >= 1")
+    _check(g.pretrain_steps >= 0, f"generator.pretrain_steps must be >= 0, got {g.pretrain_steps}")
+    _check(g.pretrain_batch_size >= 2, f"generator.pretrain_batch_size must be >= 2, got {g.pretrain_batch_size}")
     sy = recipe.synthesis
     _check(sy.ratio > 0, f"synthesis.ratio must be > 0, got {sy.ratio}")
     _check(sy.warmup_steps >= 0, f"synthesis.warmup_steps must be >= 0, got {sy.warmup_steps}")
@@ -406,7 +448,9 @@ def validate(recipe: Recipe) -> None:
         _check(g.name is not None or g.pretrained is not None,
                f"synthesis.mode '{sy.mode}' needs a generator: set generator.name or generator.pretrained")
     if sy.mode == "static":
-        _check(g.pretrained is not None, "synthesis.mode 'static' uses a frozen pretrained generator: set generator.pretrained")
+        _check(g.pretrained is not None or g.pretrain_steps > 0,
+               "synthesis.mode 'static' uses a frozen pretrained generator: set generator.pretrained "
+               "(or generator.pretrain_steps to warm one up inside the run)")
     if recipe.stage == "generator":
         _check(g.name is not None or g.pretrained is not None,
                "stage 'generator' needs generator.name (e.g. gan) or generator.pretrained")
@@ -476,6 +520,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+# Keys of which a recipe sets at most one: an override of one clears the other, so that
+# `train.steps=3000` works on a recipe written in epochs.
+EXCLUSIVE_KEYS = {("train", "steps"): ("train", "epochs"), ("train", "epochs"): ("train", "steps")}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set dotted keys in a recipe mapping (returns a new mapping; validation happens later)."""
     import copy
@@ -490,6 +539,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
             node = child
         node[parts[-1]] = value
+        other = EXCLUSIVE_KEYS.get(tuple(parts))
+        if other is not None and value is not None and isinstance(data.get(other[0]), dict):
+            data[other[0]].pop(other[1], None)
     return data
 
 

@@ -86,6 +86,7 @@ def _end_distributed() -> None:
 class ProtocolChoice(str, Enum):
     linear = "linear"
     knn = "knn"
+    few_label = "few-label"
     all = "all"
     efficiency = "efficiency"
     transfer = "transfer"
@@ -101,6 +102,7 @@ class FeatureChoice(str, Enum):
 class InitChoice(str, Enum):
     trained = "trained"
     random = "random"
+    pixels = "pixels"
 
 
 def _label_fractions(values: list[str]) -> list[float]:
@@ -122,8 +124,8 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `synthcl train`.")],
     protocol: Annotated[
         Optional[ProtocolChoice],
-        typer.Option(help="linear probe, kNN, both (all, the default), label efficiency, transfer to --dataset, "
-                          "or generator sample quality."),
+        typer.Option(help="linear probe (all labels), kNN, few-label linear probe, the three (all, the default), "
+                          "label efficiency, transfer to --dataset, or generator sample quality."),
     ] = None,
     dataset: Annotated[
         Optional[str], typer.Option(help="transfer protocol: the dataset to probe on (e.g. mnist).")
@@ -141,7 +143,8 @@ def evaluate(
                                             "with --protocol it probes first.")
     ] = False,
     init: Annotated[
-        InitChoice, typer.Option(help="Probe the trained backbone, or a randomly initialised copy (baseline).")
+        InitChoice, typer.Option(help="Probe the trained backbone, or a floor: a randomly initialised copy of it "
+                                      "(random) or the standardised raw pixels, no encoder (pixels).")
     ] = InitChoice.trained,
     encoder: Annotated[
         Optional[Path], typer.Option(help="generator protocol: a learner run whose backbone is the feature space.")
@@ -180,6 +183,8 @@ def evaluate(
         return
     protocol = protocol or ProtocolChoice.all
     label = "" if init is InitChoice.trained else f" ({init.value} init)"
+    if protocol is ProtocolChoice.generator and init is InitChoice.pixels:
+        _fail("--init pixels probes images without an encoder; the generator protocol takes trained or random")
     if protocol is ProtocolChoice.generator:
         from synthcl.eval.generator_eval import evaluate_generator
 
@@ -218,6 +223,10 @@ def evaluate(
             typer.echo(f"linear probe top-1{label}: {result['linear_top1']:.2f}%")
         if "knn_top1" in result:
             typer.echo(f"kNN top-1{label}: {result['knn_top1']:.2f}%")
+        if "linear_few_top1" in result:
+            typer.echo(f"linear probe top-1, {100 * result['few_label_fraction']:g}% labels{label}: "
+                       f"{result['linear_few_top1']:.2f}% +- {result['linear_few_sd']:.2f} "
+                       f"({len(result['linear_few_runs'])} label subsets)")
     if report:
         _write_report(run_dir, quiet)
 

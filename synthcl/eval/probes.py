@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synthcl.data import ImageSource
+from synthcl.errors import DataError
 
 
 @torch.no_grad()
@@ -112,3 +117,59 @@ def knn_accuracy(
         votes = torch.zeros(query.shape[0], num_classes).scatter_add_(1, bank_labels[idx], weights)
         correct += (votes.argmax(dim=1) == test_labels[i : i + chunk]).sum().item()
     return 100.0 * correct / test_features.shape[0]
+
+
+def class_balanced_indices(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Sorted positions of a seeded, class-balanced subset: ``max(1, round(fraction * n_c))`` per class.
+
+    Unlabelled images (label -1) are never chosen. The same seed gives nested subsets across fractions.
+
+    Args:
+        labels: (N,) int class labels.
+        fraction: share of each class to keep, in (0, 1].
+        seed: seed of the per-class shuffles.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in torch.unique(labels[labels >= 0]).tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        chosen.append(members[: max(1, round(fraction * len(members)))])
+    if not chosen:
+        raise DataError("the labelled training set has no labelled images")
+    return torch.cat(chosen).sort().values
+
+
+def label_subset_probe(
+    x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, fraction: float, seed: int, eval_cfg: Any,
+) -> dict[str, Any]:
+    """The linear probe trained on a seeded class-balanced ``fraction`` of the labels (seed ``seed`` picks the
+    subset and the classifier), with as many classifier steps as the full-label probe (more epochs on
+    fewer images), so a small fraction is not also an under-trained probe.
+
+    Returns:
+        ``{"train_images", "linear_epochs", "linear_top1"}``.
+    """
+    batch = eval_cfg.linear_batch_size
+    steps = eval_cfg.linear_epochs * math.ceil(int((y_train >= 0).sum()) / batch)
+    keep = class_balanced_indices(y_train, fraction, seed)
+    epochs = max(eval_cfg.linear_epochs, math.ceil(steps / math.ceil(len(keep) / batch)))
+    top1 = linear_probe(x_train[keep], y_train[keep], x_test, y_test, epochs=epochs, lr=eval_cfg.linear_lr,
+                        batch_size=batch, weight_decay=eval_cfg.linear_weight_decay, seed=seed)
+    return {"train_images": len(keep), "linear_epochs": epochs, "linear_top1": top1}
+
+
+def few_label_probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, eval_cfg: Any) -> dict[str, Any]:
+    """The few-label metric: :func:`label_subset_probe` at ``eval.few_label_fraction`` of the labels, over
+    label-subset seeds ``0 .. eval.few_label_seeds - 1``.
+
+    Returns:
+        ``{"linear_few_top1": mean, "linear_few_sd": sd (0 for one seed), "few_label_fraction",
+        "few_label_images", "linear_few_runs": [top-1 per seed]}``.
+    """
+    runs = [label_subset_probe(x_train, y_train, x_test, y_test, eval_cfg.few_label_fraction, seed, eval_cfg)
+            for seed in range(eval_cfg.few_label_seeds)]
+    top1 = [r["linear_top1"] for r in runs]
+    return {"linear_few_top1": statistics.mean(top1), "linear_few_sd": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "few_label_fraction": eval_cfg.few_label_fraction, "few_label_images": runs[0]["train_images"],
+            "linear_few_runs": top1}

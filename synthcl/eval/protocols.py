@@ -16,13 +16,12 @@ small fraction is not also an under-trained one.
 
 from __future__ import annotations
 
-import math
 import numbers
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,8 +29,8 @@ from torch import Tensor
 from synthcl.config import read_run_recipe
 from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
-from synthcl.eval.probes import extract_features, knn_accuracy, linear_probe
-from synthcl.eval.run import load_run_backbone, run_device, run_features
+from synthcl.eval.probes import class_balanced_indices, extract_features, knn_accuracy, label_subset_probe
+from synthcl.eval.run import Init, load_run_backbone, run_device, run_features
 from synthcl.io import atomic_write_json
 from synthcl.registry import DATASETS
 
@@ -54,27 +53,6 @@ def check_fractions(fractions: Sequence[float]) -> list[float]:
         if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
             raise ConfigError(f"label fraction must be in (0, 1], got {f!r}")
     return sorted({float(f) for f in fractions})
-
-
-def class_balanced_indices(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
-    """Sorted positions of a seeded, class-balanced subset: ``max(1, round(fraction * n_c))`` per class.
-
-    Unlabelled images (label -1) are never chosen. The same seed gives nested subsets across fractions.
-
-    Args:
-        labels: (N,) int class labels.
-        fraction: share of each class to keep, in (0, 1].
-        seed: seed of the per-class shuffles.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for label in torch.unique(labels[labels >= 0]).tolist():
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        chosen.append(members[: max(1, round(fraction * len(members)))])
-    if not chosen:
-        raise DataError("the labelled training set has no labelled images")
-    return torch.cat(chosen).sort().values
 
 
 def held_out_split(source: ImageSource, share: float = HELD_OUT_SHARE, seed: int = 0) -> tuple[ImageSource, ImageSource]:
@@ -102,19 +80,12 @@ def _probe_fractions(
     seed: int, quiet: bool,
 ) -> list[dict[str, Any]]:
     """A linear probe per label fraction, each with as many classifier steps as the full-set probe."""
-    labelled = int((y_train >= 0).sum())
-    batch = eval_cfg.linear_batch_size
-    steps = eval_cfg.linear_epochs * math.ceil(labelled / batch)
     results = []
     for fraction in fractions:
-        keep = class_balanced_indices(y_train, fraction, seed)
-        epochs = max(eval_cfg.linear_epochs, math.ceil(steps / math.ceil(len(keep) / batch)))
-        top1 = linear_probe(x_train[keep], y_train[keep], x_test, y_test, epochs=epochs, lr=eval_cfg.linear_lr,
-                            batch_size=batch, weight_decay=eval_cfg.linear_weight_decay, seed=seed)
+        r = label_subset_probe(x_train, y_train, x_test, y_test, fraction, seed, eval_cfg)
         if not quiet:
-            print(f"  {100 * fraction:g}% labels ({len(keep)} images): linear probe top-1 {top1:.2f}%")
-        results.append({"label_fraction": fraction, "train_images": len(keep), "linear_epochs": epochs,
-                         "linear_top1": top1})
+            print(f"  {100 * fraction:g}% labels ({r['train_images']} images): linear probe top-1 {r['linear_top1']:.2f}%")
+        results.append({"label_fraction": fraction, **r})
     return results
 
 
@@ -130,7 +101,7 @@ def evaluate_efficiency(
     run_dir: str | Path,
     fractions: Sequence[float] = EFFICIENCY_FRACTIONS,
     *,
-    init: Literal["trained", "random"] = "trained",
+    init: Init = "trained",
     seed: int = 0,
     quiet: bool = False,
     device: str | None = None,
@@ -140,7 +111,7 @@ def evaluate_efficiency(
     Args:
         run_dir: a learner run directory.
         fractions: label fractions in (0, 1].
-        init: "trained", or "random" for a randomly initialised backbone (the baseline).
+        init: "trained", or a floor: "random" (a randomly initialised backbone) or "pixels" (no encoder).
         seed: seed of the class-balanced subsets (and of the classifiers).
 
     Returns:
@@ -220,7 +191,7 @@ def evaluate_transfer(
     fractions: Sequence[float] = TRANSFER_FRACTIONS,
     *,
     root: str | None = None,
-    init: Literal["trained", "random"] = "trained",
+    init: Init = "trained",
     seed: int = 0,
     quiet: bool = False,
     device: str | None = None,
@@ -238,7 +209,7 @@ def evaluate_transfer(
         dataset: a registered dataset name.
         fractions: label fractions of the dataset's train split, in (0, 1].
         root: the dataset's folder (None: the run's ``data.root`` for the run's own dataset, else search).
-        init: "trained", or "random" for the randomly initialised baseline.
+        init: "trained", or a floor: "random" (a randomly initialised backbone) or "pixels" (no encoder).
 
     Returns:
         The probe results (linear top-1 per fraction, kNN top-1 on all labels); also written to

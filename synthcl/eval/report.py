@@ -400,7 +400,8 @@ def _build(run_dir: Path, out: Path) -> list[Path]:
         ("status", f"{status.get('status', '?')} at step {status.get('step', '?')} of {status.get('total_steps', '?')}"),
         ("data", (f"{d.dataset}, {status.get('image_size', d.image_size)} px, "
                   f"{status.get('in_channels', status.get('channels', d.channels))} channel(s), fraction {d.fraction}")),
-        ("batch, epochs", f"{recipe.train.batch_size}, {recipe.train.epochs}"),
+        ("batch, length", f"{recipe.train.batch_size}, " + (f"{recipe.train.steps} steps" if recipe.train.steps is not None
+                                                             else f"{recipe.train.epochs} epochs")),
     ]
     if generator_run:
         summary.append(("generator", str(status.get("generator", recipe.generator.name))))

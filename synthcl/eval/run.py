@@ -1,4 +1,6 @@
-"""`synthcl eval`: probe the backbone of a finished run (or a randomly initialised copy of it)."""
+"""`synthcl eval`: probe the backbone of a finished run, or one of the two floors beside it: a randomly
+initialised copy of it (``init="random"``) and the raw pixels themselves (``init="pixels"``: the images
+resized and standardised exactly as the encoder sees them, flattened, no encoder)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from torch import nn
 
 from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
-from synthcl.errors import CheckpointError, RunDirError
-from synthcl.eval.probes import extract_features, knn_accuracy, linear_probe
+from synthcl.errors import CheckpointError, ConfigError, RunDirError
+from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
 from synthcl.io import atomic_write_json
 from synthcl.nn.backbones import build_backbone
 from synthcl.training.checkpoint import LAST, load_weights
 from synthcl.training.loop import RECIPE_FILE, is_run_dir
 
-Protocol = Literal["linear", "knn", "all"]
+Protocol = Literal["linear", "knn", "few-label", "all"]
+Init = Literal["trained", "random", "pixels"]
+INITS = ("trained", "random", "pixels")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -36,7 +40,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a run's backbone and load its weights (``init="random"``: same seed, no weights).
+    """Rebuild a run's backbone and load its weights (``init="random"``: same seed, no weights;
+    ``init="pixels"``: no encoder at all, the standardised images flattened).
 
     Uses the final export (``backbone.json``/``backbone.safetensors``), or the ``last`` checkpoint of a
     run that has not finished.
@@ -62,6 +67,8 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
         raise RunDirError(f"run {run_dir} has no checkpoint yet; train it further or resume it")
     if "backbone" not in info or "options" not in info:
         raise CheckpointError(f"{run_dir}: the backbone description is incomplete; retrain or resume the run")
+    if init == "pixels":
+        return nn.Flatten(), info
     torch.manual_seed(0)
     backbone = build_backbone(info["backbone"], info["in_channels"], **info["options"])
     if init == "random":
@@ -74,21 +81,27 @@ def evaluate_run(
     run_dir: str | Path,
     protocol: Protocol = "all",
     *,
-    init: Literal["trained", "random"] = "trained",
+    init: Init = "trained",
     quiet: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Probe a run's frozen backbone on its dataset's full labelled train and test sets.
+    """Probe a run's frozen backbone on its dataset's labelled train and test sets.
 
     Args:
         run_dir: a directory written by ``synthcl train``.
-        protocol: "linear", "knn" or "all" (both).
-        init: "trained" (the run's weights) or "random" (a randomly initialised copy: the baseline).
+        protocol: "linear" (linear probe on all labels), "knn" (weighted kNN on all labels), "few-label"
+            (linear probe on ``eval.few_label_fraction`` of the labels, class-balanced, averaged over
+            ``eval.few_label_seeds`` label subsets) or "all" (the three).
+        init: "trained" (the run's weights), or a floor: "random" (a randomly initialised copy) or
+            "pixels" (the standardised images themselves, no encoder).
 
     Returns:
-        A dict with ``linear_top1`` and/or ``knn_top1`` (percent) and the settings; also written to
-        ``eval.json`` (or ``eval-random.json``) in the run directory.
+        A dict with ``linear_top1``, ``knn_top1`` and/or ``linear_few_top1`` with ``linear_few_sd``
+        (percent) and the settings; also written to ``eval.json`` (``eval-random.json``,
+        ``eval-pixels.json``) in the run directory.
     """
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     run_dir = Path(run_dir)
     start = time.perf_counter()
     f = run_features(run_dir, init, device=device, quiet=quiet)
@@ -103,6 +116,8 @@ def evaluate_run(
         )
     if protocol in ("knn", "all"):
         result["knn_top1"] = knn_accuracy(x_train, y_train, x_test, y_test, k=e.knn_k, temperature=e.knn_temperature)
+    if protocol in ("few-label", "all"):
+        result.update(few_label_probe(x_train, y_train, x_test, y_test, e))
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json"), result)
     return result

@@ -7,7 +7,9 @@ resume, NaN stop; plus sample grids in ``samples/`` and the final generator in `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import logging
 import math
 import time
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 import synthcl
-from synthcl.config import Recipe, dump_recipe
+from synthcl.config import Recipe, dump_recipe, schedule_steps
 from synthcl.data import ImageSource
 from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, TrainingDiverged
 from synthcl.interfaces import Generator
@@ -41,6 +43,7 @@ from synthcl.viz import save_sample_grid
 
 logger = logging.getLogger(__name__)
 
+PRETRAIN_DIR = "generator-pretrain"
 GENERATOR_COLUMNS = ["step", "epoch", "critic_loss", "generator_loss", "images_per_s", "elapsed_s"]
 EXPORT = "generator"
 
@@ -152,7 +155,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     steps_per_epoch = source.batches_per_epoch(t.batch_size)
     if steps_per_epoch == 0:
         raise DataError(f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}")
-    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    total_steps = schedule_steps(t, steps_per_epoch)
     run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
     torch.manual_seed(t.seed)
     generator = build_generator(recipe, source).to(device)
@@ -296,3 +299,42 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     generator.save_pretrained(run_dir / EXPORT)
     write_status("completed", run_steps)
     return run_dir
+
+
+def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
+    """Warm the recipe's generator up inside a learner run; return the recipe its synthesizer is built from.
+
+    The warm-up is a generator run in ``run_dir/generator-pretrain`` (`generator.pretrain_steps` steps of
+    `generator.pretrain_batch_size` real images, seeded by `train.seed`): trained there, resumed where it
+    stopped, or reused once complete. The returned recipe names it as `generator.pretrained`; the run's
+    own recipe keeps saying `pretrain_steps`, so resuming compares like with like.
+
+    Raises:
+        RunInterrupted: on Ctrl-C, naming the learner run to resume.
+    """
+    g, t = recipe.generator, recipe.train
+    folder = run_dir / PRETRAIN_DIR
+    status = _read_status(folder / STATUS_FILE)
+    if status != "completed" or not (folder / EXPORT / "config.json").is_file():
+        sub = dataclasses.replace(
+            recipe, name=f"{recipe.name}-generator", stage="generator",
+            train=dataclasses.replace(t, steps=g.pretrain_steps, epochs=None, max_steps=None,
+                                      batch_size=g.pretrain_batch_size, compile=False,
+                                      precision="no" if t.precision == "fp16" else t.precision,
+                                      checkpoint_every=min(t.checkpoint_every, g.pretrain_steps)),
+        )
+        try:
+            train_generator(sub, folder, resume=(folder / RECIPE_FILE).is_file(), overwrite=False, quiet=quiet)
+        except RunInterrupted:
+            atomic_write_json(run_dir / STATUS_FILE, {"status": "interrupted", "step": 0})
+            raise RunInterrupted(
+                f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
+            ) from None
+    return dataclasses.replace(recipe, generator=dataclasses.replace(g, pretrained=str(folder)))
+
+
+def _read_status(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text()).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -17,7 +17,15 @@ import torch
 
 import synthcl
 from synthcl.augment import ViewAugment
-from synthcl.config import Recipe, dump_recipe, load_recipe, read_run_recipe, recipe_from_dict, recipe_to_dict
+from synthcl.config import (
+    Recipe,
+    dump_recipe,
+    load_recipe,
+    read_run_recipe,
+    recipe_from_dict,
+    recipe_to_dict,
+    schedule_steps,
+)
 from synthcl.data import ImageSource, load_dataset, take_fraction
 from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
 from synthcl.interfaces import ContrastiveLearner
@@ -276,6 +284,19 @@ def train(
         return train_generator(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     t, o = recipe.train, recipe.optim
 
+    # 1b. The generator's warm-up inside the run (generator.pretrain_steps): generator-only steps before
+    #     the learner's first, in a generator run of their own that a resumed run resumes or reuses.
+    build_recipe = recipe
+    if needs_in_run_pretraining(recipe):
+        from synthcl.training.generator_loop import pretrain_in_run
+
+        recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+        if not resume:
+            atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+            atomic_write_json(run_dir / STATUS_FILE, {"status": "pretraining generator", "step": 0})
+        build_recipe = pretrain_in_run(recipe, run_dir, quiet=quiet)
+        resume = True  # the run directory is this run's own from here on
+
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     if main:
@@ -293,7 +314,7 @@ def train(
             f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
             "lower train.batch_size or raise data.fraction"
         )
-    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    total_steps = schedule_steps(t, steps_per_epoch)
     run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
     mean, std = channel_stats(source)
     augment = build_augment(recipe, source, mean, std).to(device)
@@ -306,7 +327,7 @@ def train(
         learner = learner.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(learner, o)
     scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
-    synth = build_synthesizer(recipe, source, device, total_steps)
+    synth = build_synthesizer(build_recipe, source, device, total_steps)
     extra_modules = {"generator": synth.generator} if synth is not None else None
 
     # 4. Resume: weights, optimizer and schedule from checkpoints/last.
@@ -572,6 +593,20 @@ def compile_learner(learner: torch.nn.Module, device: torch.device) -> torch.nn.
             f"train.compile: torch.compile does not work on this machine ({reason}); set train.compile=false"
         ) from None
     return torch.compile(learner)
+
+
+def needs_in_run_pretraining(recipe: Recipe) -> bool:
+    """Whether the run warms its generator up itself before the learner's first step.
+
+    Raises:
+        ConfigError: under a distributed launcher (the warm-up runs in one process: pretrain first).
+    """
+    g = recipe.generator
+    needed = recipe.synthesis.mode != "none" and g.pretrained is None and g.pretrain_steps > 0
+    if needed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("generator.pretrain_steps runs in one process; pretrain first (stage: generator) and "
+                          "set generator.pretrained for a distributed run")
+    return needed
 
 
 def make_accelerator(**kwargs: Any) -> Any:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from synthcl.config import OptimConfig
+from synthcl.config import OptimConfig, warmup_length
 
 
 class LARS(Optimizer):
@@ -85,6 +85,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
 
 
 def build_scheduler(optimizer: Optimizer, config: OptimConfig, steps_per_epoch: int, total_steps: int):
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+    warmup = warmup_length(config, steps_per_epoch, total_steps)
     factor = warmup_cosine(warmup, total_steps, config.min_lr / config.lr)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
