@@ -169,6 +169,8 @@ class GeneratorConfig:
     are not learner steps: `train.steps` counts the learner alone."""
     pretrain_batch_size: int = 64
     """Real images per step of that in-run pretraining."""
+    pretrain_lr: float | None = None
+    """Generator learning rate of that in-run pretraining (None: `lr`)."""
     lr: float = 2.0e-4
     """Generator learning rate (Adam)."""
     critic_lr: float = 2.0e-4
@@ -431,6 +433,7 @@ def validate(recipe: Recipe) -> None:
     _check(g.critic_steps >= 1, f"generator.critic_steps must be >= 1, got {g.critic_steps}")
     _check(0.0 <= g.partner_momentum <= 1.0, f"generator.partner_momentum must be in [0, 1], got {g.partner_momentum}")
     _check(g.sample_every >= 1 and g.samples >= 1, "generator.sample_every and generator.samples must be >= 1")
+    _check(g.pretrain_lr is None or g.pretrain_lr > 0, f"generator.pretrain_lr must be > 0, got {g.pretrain_lr}")
     _check(g.pretrain_steps >= 0, f"generator.pretrain_steps must be >= 0, got {g.pretrain_steps}")
     _check(g.pretrain_batch_size >= 2, f"generator.pretrain_batch_size must be >= 2, got {g.pretrain_batch_size}")
     sy = recipe.synthesis

@@ -301,36 +301,46 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     return run_dir
 
 
+def pretrain_recipe(recipe: Recipe) -> Recipe:
+    """The generator run that warms a learner recipe's generator up (`generator.pretrain_steps`).
+
+    The learner recipe's data (fraction and its seed included), generator and `train.seed`, trained for
+    `generator.pretrain_steps` steps of `generator.pretrain_batch_size` real images at
+    `generator.pretrain_lr`.
+    """
+    g, t = recipe.generator, recipe.train
+    steps = max(1, g.pretrain_steps)
+    return dataclasses.replace(
+        recipe, name=f"{recipe.name}-generator", stage="generator",
+        generator=dataclasses.replace(g, lr=g.lr if g.pretrain_lr is None else g.pretrain_lr),
+        train=dataclasses.replace(t, steps=steps, epochs=None, max_steps=None, batch_size=g.pretrain_batch_size,
+                                  compile=False, precision="no" if t.precision == "fp16" else t.precision,
+                                  checkpoint_every=min(t.checkpoint_every, steps)),
+    )
+
+
 def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
     """Warm the recipe's generator up inside a learner run; return the recipe its synthesizer is built from.
 
-    The warm-up is a generator run in ``run_dir/generator-pretrain`` (`generator.pretrain_steps` steps of
-    `generator.pretrain_batch_size` real images, seeded by `train.seed`): trained there, resumed where it
-    stopped, or reused once complete. The returned recipe names it as `generator.pretrained`; the run's
-    own recipe keeps saying `pretrain_steps`, so resuming compares like with like.
+    The warm-up is the generator run of :func:`pretrain_recipe` in ``run_dir/generator-pretrain``:
+    trained there, resumed where it stopped, or reused once complete. The returned recipe names it as
+    `generator.pretrained`; the run's own recipe keeps saying `pretrain_steps`, so resuming compares like
+    with like.
 
     Raises:
         RunInterrupted: on Ctrl-C, naming the learner run to resume.
     """
-    g, t = recipe.generator, recipe.train
     folder = run_dir / PRETRAIN_DIR
-    status = _read_status(folder / STATUS_FILE)
-    if status != "completed" or not (folder / EXPORT / "config.json").is_file():
-        sub = dataclasses.replace(
-            recipe, name=f"{recipe.name}-generator", stage="generator",
-            train=dataclasses.replace(t, steps=g.pretrain_steps, epochs=None, max_steps=None,
-                                      batch_size=g.pretrain_batch_size, compile=False,
-                                      precision="no" if t.precision == "fp16" else t.precision,
-                                      checkpoint_every=min(t.checkpoint_every, g.pretrain_steps)),
-        )
+    if _read_status(folder / STATUS_FILE) != "completed" or not (folder / EXPORT / "config.json").is_file():
         try:
-            train_generator(sub, folder, resume=(folder / RECIPE_FILE).is_file(), overwrite=False, quiet=quiet)
+            train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
+                            overwrite=False, quiet=quiet)
         except RunInterrupted:
             atomic_write_json(run_dir / STATUS_FILE, {"status": "interrupted", "step": 0})
             raise RunInterrupted(
                 f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
             ) from None
-    return dataclasses.replace(recipe, generator=dataclasses.replace(g, pretrained=str(folder)))
+    return dataclasses.replace(recipe, generator=dataclasses.replace(recipe.generator, pretrained=str(folder)))
 
 
 def _read_status(path: Path) -> str | None:
