@@ -44,6 +44,7 @@ SETUP: dict[str, list[str]] = {
     "tutorials/gan/static.sh": ["tutorials/gan/pretrain.sh"],
     "concepts/pair-similarity.sh": ["tutorials/gan/joint.sh"],
     "tutorials/efficiency/report.sh": ["tutorials/efficiency/fractions.sh"],
+    "tutorials/efficiency/scarce-eval.sh": ["tutorials/efficiency/scarce.sh"],
     "tutorials/diffusion/joint.sh": ["tutorials/diffusion/pretrain.sh"],
 }
 # Snippets that need the diffusion backend.
@@ -52,6 +53,7 @@ DIFFUSION = {"tutorials/diffusion/pretrain.sh", "tutorials/diffusion/joint.sh"}
 PROTOCOLS: dict[str, set[str]] = {
     "tutorials/efficiency/fractions.sh": {"efficiency"},
     "tutorials/transfer/transfer.sh": {"transfer"},
+    "tutorials/efficiency/scarce-eval.sh": {"few-label"},
 }
 # Snippets that need a flag of a command: snippet -> (command, flag).
 FLAGS: dict[str, tuple[str, str]] = {
@@ -100,6 +102,8 @@ SITECUSTOMIZE = textwrap.dedent('''
         extra = list(TINY)
         if loaded.data.dataset in FILE_DATASETS:
             extra += ["data.dataset=shapes", "data.root=null", "data.download=false", "data.options={n: 256}"]
+            if loaded.data.fraction * 256 < 32:  # a scarce fraction of 256 shapes is less than a batch
+                extra += ["data.fraction=0.25"]
         if loaded.model.backbone in BIG_BACKBONES:
             extra += ["model.backbone=small-cnn"]
         if loaded.generator.name:
@@ -108,6 +112,8 @@ SITECUSTOMIZE = textwrap.dedent('''
                       "generator.samples=8"]
         if loaded.synthesis.mode != "none":
             extra += ["synthesis.warmup_steps=0", "synthesis.sample_every=1"]
+        if loaded.generator.pretrain_steps:
+            extra += ["generator.pretrain_steps=2", "generator.pretrain_batch_size=16"]
         return extra
 
 

@@ -1,5 +1,5 @@
-"""The quality benchmark's tables: labels, means over seeds, target verdicts and the paired-by-seed
-differences (benchmarks/quality.py; no training here)."""
+"""The quality benchmark's tables: labels, means over seeds, the headroom check, target verdicts and the
+paired-by-seed differences (benchmarks/quality.py; no training here)."""
 
 from __future__ import annotations
 
@@ -19,46 +19,53 @@ def quality():
     return module
 
 
-def row(mode, seed, linear, knn, fraction=0.1, generator="gan", variant="default"):
-    return {"fraction": fraction, "mode": mode, "generator": generator, "variant": variant, "seed": seed,
-            "linear": linear, "knn": knn}
+def row(mode, seed, few, knn=70.0, fraction=0.01, generator="gan", variant="default"):
+    return {"fraction": fraction, "mode": mode, "generator": "-" if mode == "none" else generator,
+            "variant": variant, "seed": seed, "few": few, "knn": knn, "linear": 80.0, "train_s": 60.0}
 
 
 ROWS = [
-    row("none", 0, 80.0, 70.0), row("none", 1, 81.0, 71.0), row("none", 2, 82.0, 72.0),
-    row("joint", 0, 82.5, 70.5), row("joint", 1, 83.0, 70.5), row("joint", 2, 84.5, 73.0),
-    row("static", 0, 80.0, 70.0), row("static", 2, 81.0, 71.0),
-    row("joint", 0, 90.0, 90.0, generator="diffusion"),  # one seed: its difference alone
+    row("none", 0, 80.0), row("none", 1, 81.0), row("none", 2, 82.0),
+    row("joint", 0, 82.5), row("joint", 1, 83.0), row("joint", 2, 84.5),
+    row("static", 0, 80.0), row("static", 2, 81.0),
+    row("joint", 0, 90.0, generator="diffusion"),  # one seed: its difference alone
+    row("none", 0, 84.0, fraction=0.02), row("none", 1, 82.0, fraction=0.02),
+    row("none", 0, 86.0, fraction=1.0), row("none", 1, 85.0, fraction=1.0), row("none", 2, 84.0, fraction=1.0),
 ]
 
 
 def test_labels_name_generator_and_variant(quality):
-    assert quality.label(row("none", 0, 0, 0, generator="diffusion")) == "none"
-    assert quality.label(row("joint", 0, 0, 0)) == "joint"
-    assert quality.label(row("joint", 0, 0, 0, generator="diffusion", variant="ge4")) == "joint (diffusion) [ge4]"
+    assert quality.label(row("none", 0, 0)) == "none"
+    assert quality.label(row("joint", 0, 0)) == "joint"
+    assert quality.label(row("joint", 0, 0, generator="diffusion", variant="ge4")) == "joint (diffusion) [ge4]"
 
 
-def test_targets_need_two_points_beyond_two_standard_deviations(quality):
-    linear = quality.summarize(ROWS, "linear")
-    assert linear[(0.1, "joint")] == pytest.approx((83.3333, 1.0408, 3), abs=1e-3)
-    lines = quality.targets(linear)
-    # gap 2.33 >= 2.0 but two standard deviations of joint are 2.08: still beyond them
-    assert "- f=0.1: joint - none = +2.33 points (target: >= +2.0 and beyond two standard deviations, here 2.08): met" in lines
-    assert any(line.startswith("- f=0.1: joint - static = +2.83") and line.endswith("met") for line in lines)
-    assert any("joint (diffusion) - joint (gan) = +6.67" in line for line in lines)
-    shifted = quality.summarize([*ROWS[:3], row("joint", 0, 82.0, 0), row("joint", 1, 83.0, 0), row("joint", 2, 86.0, 0)],
-                                "linear")
-    assert quality.targets(shifted)[0].endswith("here 4.16): not met")  # +2.67 but too noisy
-
-
-def test_paired_differences_use_matching_seeds_only(quality):
-    lines = quality.paired(ROWS)
-    table = [line for line in lines if line.startswith("| 0.1")]
-    assert table == [
-        "| 0.1 | joint - none | +2.33 ± 0.29 (higher in 3 of 3: +2.50, +2.00, +2.50) "
-        "| +0.33 ± 0.76 (higher in 2 of 3: +0.50, -0.50, +1.00) |",
-        "| 0.1 | joint (diffusion) - none | +10.00 (seed 0 only) | +20.00 (seed 0 only) |",
-        "| 0.1 | static - none | -0.50 ± 0.71 (higher in 0 of 2: +0.00, -1.00) "
-        "| -0.50 ± 0.71 (higher in 0 of 2: +0.00, -1.00) |",
+def test_paired_differences_use_matching_seeds_and_two_standard_deviations(quality):
+    lines = quality.paired(ROWS, "few")
+    assert lines == [
+        "| 0.01 | joint - none | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |",
+        "| 0.01 | joint (diffusion) - none | +10.00 ± 0.00 | +10.00 | one seed |",
+        "| 0.01 | static - none | -0.50 ± 0.71 | +0.00, -1.00 | no effect (within 2 sd) |",
     ]
-    assert quality.paired([row("none", 0, 1, 1), row("joint", 1, 2, 2)]) == []
+    noisy = [row("none", s, 80.0) for s in range(3)] + [row("joint", 0, 81.0), row("joint", 1, 85.0), row("joint", 2, 80.5)]
+    assert quality.paired(noisy, "few")[0].endswith("| no effect (within 2 sd) |")  # +2.17 but sd 2.47
+    small = [row("none", s, 80.0) for s in range(3)] + [row("joint", s, 81.0 + 0.1 * s) for s in range(3)]
+    assert quality.paired(small, "few")[0].endswith("| an effect (beyond 2 sd) |")  # +1.1, tight: real, under target
+    assert quality.paired([row("none", 0, 1), row("joint", 1, 2)], "few") == []
+
+
+def test_targets_compare_joint_with_controls_and_with_twice_the_data(quality):
+    lines = quality.targets(ROWS, "few")
+    assert "- f=0.01: joint - static = +2.83 (target > 0): met" in lines
+    assert "- data efficiency: joint at f=0.01 - none at f=0.02 = +0.33 (target >= 0): met" in lines
+    assert "- f=0.01: joint (diffusion) - joint (gan) = +6.67 (target >= 0): met" in lines
+
+
+def test_headroom_checks_both_conditions_on_the_primary_metric(quality):
+    floor = {"pixels": {"few": 82.5, "knn": 0, "linear": 0}}
+    lines = quality.headroom(ROWS, floor, 0.01)
+    assert lines == [
+        "- plain SimCLR on all images - raw pixels = +2.50 points (needs >= +3): not met",
+        "- plain SimCLR on all images - on f=0.01 = +4.00 points (needs >= +3): met",
+    ]
+    assert quality.headroom(ROWS, {}, 0.01) == [lines[1]]  # no floor measured yet: that line is left out

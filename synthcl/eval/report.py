@@ -302,16 +302,21 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
             unreadable.append(name)
         return data
 
-    probes = {init: load(name) for init, name in (("trained", "eval.json"), ("random", "eval-random.json"))}
+    probes = {init: load(name) for init, name in (("trained", "eval.json"), ("random", "eval-random.json"),
+                                                  ("pixels", "eval-pixels.json"))}
     if any(probes.values()):
         rows = []
-        for key, label in (("linear_top1", "linear probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)")):
+        few = next((p for p in probes.values() if p and "few_label_fraction" in p), None)
+        metrics = [("linear_top1", "linear probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)")]
+        if few is not None:
+            metrics.append(("linear_few_top1", f"linear probe top-1, {100 * few['few_label_fraction']:g}% labels (%)"))
+        for key, label in metrics:
             if any(p and key in p for p in probes.values()):
                 rows.append([label] + [_fmt(p.get(key)) if p else "-" for p in probes.values()])
         first = next(p for p in probes.values() if p)
         lines += [(f"### Probes on {first.get('dataset', '?')} (all labels: {first.get('train_images', '?')} train, "
                    f"{first.get('test_images', '?')} test images)"), ""]
-        lines += _table(["", "trained backbone", "random init"], rows)
+        lines += _table(["", "trained backbone", "random init", "raw pixels"], rows)
 
     efficiency = [r for r in (load("eval-efficiency.json"), load("eval-efficiency-random.json")) if r]
     if efficiency:
