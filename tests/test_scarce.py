@@ -130,6 +130,14 @@ def test_self_contained_joint_recipe_warms_its_generator_up_then_trains_jointly(
     assert load_recipe(run / "recipe.yaml").generator.pretrained is None
 
 
+def test_overwriting_a_run_warms_up_afresh(tmp_path, one_thread):
+    first = train("fashion-mnist-scarce-joint", out=tmp_path / "run", quiet=True, overrides=gan_shrink())
+    (first / PRETRAIN_DIR / "stale.txt").write_text("from the first run")
+    again = train("fashion-mnist-scarce-joint", out=tmp_path / "run", quiet=True, overwrite=True, overrides=gan_shrink())
+    assert not (again / PRETRAIN_DIR / "stale.txt").exists()
+    assert json.loads((again / "run.json").read_text())["status"] == "completed"
+
+
 def test_warm_up_equals_a_separate_generator_run(tmp_path, one_thread):
     """What the benchmark does (warm up once, pass generator.pretrained) is what the recipe does alone."""
     recipe = load_recipe("fashion-mnist-scarce-joint", gan_shrink())

@@ -295,7 +295,7 @@ def train(
             atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
             atomic_write_json(run_dir / STATUS_FILE, {"status": "pretraining generator", "step": 0})
         build_recipe = pretrain_in_run(recipe, run_dir, quiet=quiet)
-        resume = True  # the run directory is this run's own from here on
+        resume, overwrite = True, False  # the run directory is this run's own from here on
 
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
