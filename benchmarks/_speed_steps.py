@@ -28,16 +28,16 @@ if str(REPO_ROOT) not in sys.path:
 
 from synthcl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, recipe_to_dict, schedule_steps
 from synthcl.data import ImageSource
-from synthcl.synthesis.engine import build_synthesizer
-from synthcl.training.loop import (
+from synthcl.training.build import (
     build_augment,
     build_learner,
+    build_synthesizer,
     channel_stats,
     compile_learner,
     load_train_source,
-    step_seed,
 )
 from synthcl.training.optim import build_optimizer, build_scheduler
+from synthcl.training.session import step_seed
 
 LOADER_WORKERS = 2
 
@@ -403,7 +403,7 @@ def diffusion_status() -> tuple[bool, str]:
 
         from synthcl.interfaces import Generator
 
-        module = importlib.import_module("generators.diffusion")
+        module = importlib.import_module("synthcl.generators.diffusion")
         classes = [c for c in vars(module).values()
                    if inspect.isclass(c) and issubclass(c, Generator) and c is not Generator and c.__module__ == module.__name__]
         if not classes:

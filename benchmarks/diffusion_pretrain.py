@@ -30,7 +30,7 @@ from _pretrain import train_and_measure, write_report  # noqa: E402
 
 from synthcl.generation import write_samples  # noqa: E402
 from synthcl.interfaces import Generator  # noqa: E402
-from synthcl.training.generator_loop import generator_folder  # noqa: E402
+from synthcl.training.build import generator_folder  # noqa: E402
 from synthcl.viz import save_pair_ladder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ gradients (diffusers' pipelines run under ``torch.no_grad``):
   loads with plain diffusers (``UNet2DModel.from_pretrained(folder / "unet")`` or
   ``DDIMPipeline.from_pretrained(folder)``).
 
-diffusers is imported only when a model is built, so ``import generators.diffusion`` and the rest of
+diffusers is imported only when a model is built, so ``import synthcl.generators.diffusion`` and the rest of
 synthcl work without it; building one without diffusers raises a one-line ConfigError.
 """
 

@@ -1,7 +1,6 @@
 """synthcl: contrastive self-supervised learning with generators trained jointly with the learner."""
 
-__version__ = "0.1.0"
-
+from synthcl._version import __version__
 from synthcl.config import Recipe, load_recipe  # noqa: E402
 from synthcl.errors import SynthclError  # noqa: E402
 from synthcl.interfaces import ContrastiveLearner, Generator  # noqa: E402

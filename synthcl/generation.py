@@ -19,8 +19,8 @@ def load_generator(path: str | Path) -> Generator:
         RunDirError: if ``path`` holds no generator.
         CheckpointError: if the generator files are damaged or do not fit the architecture.
     """
-    from synthcl.training.checkpoint import LAST
-    from synthcl.training.generator_loop import generator_folder
+    from synthcl.rundir import LAST
+    from synthcl.training.build import generator_folder
 
     path = Path(path)
     folder = generator_folder(path)
@@ -34,9 +34,9 @@ def load_generator(path: str | Path) -> Generator:
 def _from_checkpoint(run_dir: Path) -> Generator:
     """A generator run that has not finished: rebuild it from the recipe and the last checkpoint."""
     from synthcl.config import read_run_recipe
-    from synthcl.training.checkpoint import LAST, load_weights
-    from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import load_train_source
+    from synthcl.rundir import LAST
+    from synthcl.training.build import build_generator, load_train_source
+    from synthcl.weights import load_weights
 
     recipe = read_run_recipe(run_dir)
     if recipe.stage != "generator":

@@ -236,9 +236,9 @@ class Generator(nn.Module, abc.ABC):
         """
         import json
 
-        import synthcl
+        from synthcl._version import __version__
         from synthcl.io import atomic_write_json
-        from synthcl.training.checkpoint import save_weights
+        from synthcl.weights import save_weights
 
         folder = Path(folder)
         # Everything that can fail comes before the first write, so no half export is left behind.
@@ -246,7 +246,7 @@ class Generator(nn.Module, abc.ABC):
             config = json.loads(json.dumps(self.config))
         except TypeError as err:
             raise ValueError(f"generator options must be JSON-serialisable to be saved: {err}") from None
-        meta = {"generator": self.registry_name(), "synthcl_version": synthcl.__version__, "config": config}
+        meta = {"generator": self.registry_name(), "synthcl_version": __version__, "config": config}
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(self, folder / "model.safetensors")
         atomic_write_json(folder / "config.json", meta)
@@ -264,7 +264,7 @@ class Generator(nn.Module, abc.ABC):
 
         from synthcl.errors import CheckpointError, RegistryError
         from synthcl.registry import GENERATORS
-        from synthcl.training.checkpoint import load_weights
+        from synthcl.weights import load_weights
 
         folder = Path(folder)
         try:

@@ -8,6 +8,7 @@ never imports diffusers.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -103,11 +104,17 @@ DATASETS: Registry[Any] = Registry("datasets")
 BACKBONES: Registry[Any] = Registry("backbones")
 
 
+BUILTIN_MODULES = ("synthcl.data", "synthcl.learners", "synthcl.nn.backbones")
+
+
 def load_builtins() -> None:
-    """Import the modules that register synthcl's own learners, backbones and datasets."""
-    import synthcl.data  # noqa: F401
-    import synthcl.learners  # noqa: F401
-    import synthcl.nn.backbones  # noqa: F401
+    """Import the modules that register synthcl's own learners, backbones and datasets.
+
+    They are named here, not imported at the top: the registry is the lowest layer, and the modules it
+    loads register themselves into it (imports go down the layers only).
+    """
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
     # Generator backends live in the top-level `generators` package and are found through entry points
     # (group synthcl.generators), so that `diffusers` is imported only by recipes that name it.

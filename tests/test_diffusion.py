@@ -1,4 +1,4 @@
-"""Tests for generators.diffusion: options, the noise schedule against diffusers', the truncated and
+"""Tests for synthcl.generators.diffusion: options, the noise schedule against diffusers', the truncated and
 checkpointed sampler (gradients, graph size), both ways of making positive pairs, export in diffusers'
 format, and the diffusion generator in every synthesis mode and in generator pretraining."""
 
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from test_cli import assert_one_line_error, run_cli
 
-from generators.diffusion import PRESETS, Diffusion, make_betas, trailing_timesteps
+from synthcl.generators.diffusion import PRESETS, Diffusion, make_betas, trailing_timesteps
 from synthcl.errors import ConfigError
 from synthcl.interfaces import Generator
 from synthcl.registry import GENERATORS
@@ -108,7 +108,7 @@ def test_without_diffusers_a_one_line_config_error(monkeypatch):
 
 
 def test_importing_synthcl_and_the_backend_does_not_import_diffusers():
-    code = ("import sys, synthcl, synthcl.training, generators.diffusion; "
+    code = ("import sys, synthcl, synthcl.training, synthcl.generators.diffusion; "
             "from synthcl.registry import GENERATORS; GENERATORS.get('diffusion'); "
             "sys.exit(int('diffusers' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -413,8 +413,7 @@ def test_save_loads_in_plain_diffusers_and_in_synthcl(tmp_path, prediction):
 
 
 def test_pretrained_options_override_the_saved_ones(tmp_path, tiny_recipe):
-    from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import load_train_source
+    from synthcl.training.build import build_generator, load_train_source
 
     tiny(sampling_steps=4).save_pretrained(tmp_path / "g")
     recipe = tiny_recipe(generator={"pretrained": str(tmp_path / "g"), "options": {"sampling_steps": 2,
@@ -428,8 +427,7 @@ def test_pretrained_options_override_the_saved_ones(tmp_path, tiny_recipe):
 def test_switching_generator_name_drops_the_other_generators_options(tmp_path, tiny_recipe, caplog):
     """A GAN recipe with generator.name switched to diffusion (and back) builds the named generator; the
     other generator's options are dropped with one warning naming them; a typo still fails."""
-    from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import load_train_source
+    from synthcl.training.build import build_generator, load_train_source
 
     gan_options = {"preset": "tiny", "diffaugment": "translation,cutout"}
     recipe = tiny_recipe(generator={"name": "diffusion", "options": gan_options})

@@ -1,4 +1,4 @@
-"""Tests for generators.gan: shapes and sizes, spectral norm, hinge losses, DiffAugment, a short GAN
+"""Tests for synthcl.generators.gan: shapes and sizes, spectral norm, hinge losses, DiffAugment, a short GAN
 fit, save/load, and the moving-average partner."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from generators.gan import GAN, PRESETS, SUPPORTED_SIZES, diff_augment
+from synthcl.generators.gan import GAN, PRESETS, SUPPORTED_SIZES, diff_augment
 from synthcl.errors import ConfigError
 from synthcl.interfaces import Generator
 from synthcl.registry import GENERATORS

@@ -166,8 +166,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, user_generator)
 
 def test_pretrained_generator_of_another_size_is_refused(tmp_path, tiny_recipe, user_generator):
     from synthcl.cli.app import load_code
-    from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import load_train_source
+    from synthcl.training.build import build_generator, load_train_source
 
     load_code([user_generator])
     GENERATORS.get("test-mlp")(32, 1, hidden=8).save_pretrained(tmp_path / "g")

@@ -15,7 +15,8 @@ from test_cli import assert_one_line_error, run_cli, tree_digest
 from test_synthesis import JOINT
 
 from synthcl.data import TensorImages
-from synthcl.eval.protocols import check_fractions, class_balanced_indices, held_out_split
+from synthcl.eval.probes import class_balanced_indices
+from synthcl.eval.protocols import check_fractions, held_out_split
 from synthcl.training import train
 
 pytest.importorskip("matplotlib")

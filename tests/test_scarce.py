@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, merge
 from safetensors.torch import load_file
+from test_cli import assert_one_line_error, run_cli
 
 from synthcl.config import load_recipe, recipe_from_dict, recipe_to_dict
 from synthcl.errors import ConfigError
@@ -18,9 +20,6 @@ from synthcl.eval import evaluate_run
 from synthcl.eval.probes import class_balanced_indices, few_label_probe
 from synthcl.training import train
 from synthcl.training.generator_loop import PRETRAIN_DIR, pretrain_recipe
-
-from conftest import TINY, merge
-from test_cli import assert_one_line_error, run_cli
 
 # The bundled joint recipe shrunk to 28-px shapes (the GAN's smallest size): everything but sizes as the recipe says.
 SHRINK = ["data.dataset=shapes", "data.image_size=28", "data.channels=1", "data.options={n: 128}", "data.fraction=0.5",
@@ -155,7 +154,7 @@ def test_warm_up_equals_a_separate_generator_run(tmp_path, one_thread):
 
 def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, monkeypatch):
     from synthcl.training import generator_loop
-    from synthcl.training.loop import RunInterrupted
+    from synthcl.training.session import RunInterrupted
 
     recipe = load_recipe("fashion-mnist-scarce-joint", gan_shrink())
     reference = train(recipe, out=tmp_path / "reference", quiet=True)

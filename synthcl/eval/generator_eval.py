@@ -14,15 +14,14 @@ from synthcl.errors import ConfigError, RunDirError
 from synthcl.eval.generative import encoder_features, generator_metrics, inception_features
 from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_json
-from synthcl.training.loop import RECIPE_FILE, is_run_dir
+from synthcl.rundir import RECIPE_FILE, is_run_dir
 
 FeatureSpace = Literal["auto", "inception", "encoder"]
 
 
 def _initial_generator(run_dir: Path) -> Generator:
     """The generator as it was at step 0 of the run: same recipe, same seed, no training."""
-    from synthcl.training.generator_loop import build_generator
-    from synthcl.training.loop import load_train_source
+    from synthcl.training.build import build_generator, load_train_source
 
     recipe = read_run_recipe(run_dir)
     source = load_train_source(recipe)

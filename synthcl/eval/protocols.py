@@ -29,7 +29,7 @@ from torch import Tensor
 from synthcl.config import read_run_recipe
 from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
-from synthcl.eval.probes import class_balanced_indices, extract_features, knn_accuracy, label_subset_probe
+from synthcl.eval.probes import extract_features, knn_accuracy, label_subset_probe
 from synthcl.eval.run import Init, load_run_backbone, run_device, run_features
 from synthcl.io import atomic_write_json
 from synthcl.registry import DATASETS

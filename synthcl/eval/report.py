@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import synthcl
+from synthcl._version import __version__
 from synthcl.config import read_run_recipe
 from synthcl.errors import RunDirError, SynthclError
 from synthcl.io import atomic_write
-from synthcl.training.loop import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
+from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.md"
@@ -398,7 +398,7 @@ def _build(run_dir: Path, out: Path) -> list[Path]:
     d = recipe.data
 
     lines = [f"# Run report: {recipe.name}", ""]
-    lines += [(f"`{run_dir}`, written by synthcl {synthcl.__version__} on "
+    lines += [(f"`{run_dir}`, written by synthcl {__version__} on "
                f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."), ""]
     summary = [
         ("stage", "generator pretraining" if generator_run else "learner"),

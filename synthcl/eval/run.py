@@ -19,8 +19,8 @@ from synthcl.errors import CheckpointError, ConfigError, RunDirError
 from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
 from synthcl.io import atomic_write_json
 from synthcl.nn.backbones import build_backbone
-from synthcl.training.checkpoint import LAST, load_weights
-from synthcl.training.loop import RECIPE_FILE, is_run_dir
+from synthcl.rundir import LAST, RECIPE_FILE, is_run_dir
+from synthcl.weights import load_weights
 
 Protocol = Literal["linear", "knn", "few-label", "all"]
 Init = Literal["trained", "random", "pixels"]

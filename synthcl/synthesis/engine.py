@@ -1,4 +1,5 @@
-"""The synthesis side of one training iteration (METHOD.md steps 2, 4, 5, 6), for any generator.
+"""The synthesis side of one training iteration (steps 6 and 9 of the training loop, numbered as in
+docs/architecture.md), for any generator.
 
 The training loop owns the learner; a :class:`Synthesizer` owns the generator, its optimizers and the
 schedules, and is called at fixed points of the loop:
@@ -117,7 +118,7 @@ class Synthesizer:
             "partner_momentum": linear(c.partner_momentum, c.partner_momentum_final, progress),
         }
 
-    # -- step 2: synthetic views ----------------------------------------------------------------------
+    # -- step 6: synthetic views ----------------------------------------------------------------------
 
     def synthesize(self, step: int, n_real: int, group_base: int, augment: Callable[..., Tensor],
                    rng: torch.Generator) -> tuple[Tensor, Tensor] | None:
@@ -156,7 +157,7 @@ class Synthesizer:
         self.times["synthesize"] += time.perf_counter() - start
         return (views.detach(), groups) if active else None
 
-    # -- steps 4 and 5: critic and generator ----------------------------------------------------------
+    # -- step 9: critic and generator ----------------------------------------------------------
 
     def update_generator(self, step: int, real: Tensor, frozen_learner_loss: Callable[[Tensor, Tensor], Tensor]) -> None:
         """Critic step, then generator step, on the samples of :meth:`synthesize` (if it kept them).
@@ -217,7 +218,7 @@ class Synthesizer:
             self.failure = (f"synthesis diverged at step {step + 1} ({reason}) after {MAX_BACKOFFS} back-offs of "
                             "lambda_hard")
 
-    # -- step 6: the partner --------------------------------------------------------------------------
+    # -- step 9, last: the partner --------------------------------------------------------------------------
 
     def update_partner(self, step: int) -> None:
         if self.trains_generator and step % self.config.generator_every == 0:
@@ -256,13 +257,3 @@ class Synthesizer:
             self.g_opt.load_state_dict(state["generator_optimizer"])
         if self.d_opt is not None:
             self.d_opt.load_state_dict(state["critic_optimizer"])
-
-
-def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_steps: int) -> Synthesizer | None:
-    """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
-    from synthcl.training.generator_loop import build_generator
-
-    if recipe.synthesis.mode == "none":
-        return None
-    generator = build_generator(recipe, source).to(device)
-    return Synthesizer(recipe.synthesis, recipe.generator, generator, total_steps)

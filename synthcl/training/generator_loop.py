@@ -8,131 +8,26 @@ resume, NaN stop; plus sample grids in ``samples/`` and the final generator in `
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import synthcl
+from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
-from synthcl.data import ImageSource
-from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, TrainingDiverged
-from synthcl.interfaces import Generator
+from synthcl.errors import ConfigError, DataError, TrainingDiverged
 from synthcl.io import atomic_write_json, atomic_write_text
 from synthcl.progress import ProgressBar
-from synthcl.registry import GENERATORS
-from synthcl.training.checkpoint import LAST, load_checkpoint, save_checkpoint
-from synthcl.training.loop import (
-    RECIPE_FILE,
-    STATUS_FILE,
-    MetricsLog,
-    RunInterrupted,
-    StopRequest,
-    load_train_source,
-    make_accelerator,
-    prepare_run_dir,
-    resumable_checkpoint,
-    step_seed,
-)
+from synthcl.rundir import LAST, RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator, to_signed
+from synthcl.training.checkpoint import load_checkpoint, save_checkpoint
+from synthcl.training.session import MetricsLog, RunInterrupted, StopRequest, step_seed
 from synthcl.viz import save_sample_grid
-
-logger = logging.getLogger(__name__)
 
 PRETRAIN_DIR = "generator-pretrain"
 GENERATOR_COLUMNS = ["step", "epoch", "critic_loss", "generator_loss", "images_per_s", "elapsed_s"]
-EXPORT = "generator"
-
-
-def generator_folder(path: str | Path) -> Path:
-    """The ``save_pretrained`` folder of a generator run directory, or ``path`` itself."""
-    path = Path(path)
-    return path / EXPORT if (path / EXPORT / "config.json").is_file() else path
-
-
-def accepted_options(factory: Any) -> set[str] | None:
-    """Keyword options a generator's constructor takes (None: it takes any, ``**kwargs``)."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-
-
-def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` without those that belong to another registered generator and not to ``name``.
-
-    A recipe written for one generator keeps working when ``generator.name`` switches to another (its
-    GAN-only ``diffaugment`` does not stop a diffusion run): such options are dropped with a warning that
-    names them. An option no registered generator takes is kept, so the constructor's error reports the
-    typo.
-    """
-    try:
-        accepted = accepted_options(GENERATORS.get(name))
-    except RegistryError:  # an unknown name: left to the caller's lookup, which says so in one line
-        return dict(options)
-    foreign = [k for k in options if accepted is not None and k not in accepted]
-    owners: dict[str, list[str]] = {}
-    for other in GENERATORS.names() if foreign else []:
-        if other == name:
-            continue
-        try:
-            theirs = accepted_options(GENERATORS.get(other))
-        except Exception:  # a broken third-party entry point does not concern this run
-            continue
-        for key in foreign:
-            if theirs is not None and key in theirs:
-                owners.setdefault(key, []).append(other)
-    if owners:
-        logger.warning("generator.options: %s %s for another generator (%s), not '%s'; ignored",
-                       ", ".join(owners), "is" if len(owners) == 1 else "are",
-                       ", ".join(sorted({o for names in owners.values() for o in names})), name)
-    return {k: v for k, v in options.items() if k not in owners}
-
-
-def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
-    """The recipe's generator for images of ``source``'s size and channels (pretrained if asked).
-
-    Raises:
-        ConfigError: on options the generator does not accept.
-        CheckpointError: if ``generator.pretrained`` cannot be loaded.
-        DataError: if a pretrained generator makes images of another size or channel count.
-    """
-    g = recipe.generator
-    options = portable_options(g.name, g.options) if g.name is not None else dict(g.options)
-    if g.pretrained is not None:
-        # generator.options override the saved options (e.g. a diffusion model's sampling steps).
-        generator = Generator.from_pretrained(generator_folder(g.pretrained), **options)
-        if g.name is not None and generator.registry_name() != g.name:
-            raise CheckpointError(
-                f"generator.pretrained holds a '{generator.registry_name()}' generator but generator.name is '{g.name}'"
-            )
-    else:
-        factory = GENERATORS.get(g.name)
-        try:
-            generator = factory(image_size=source.image_size, channels=source.channels, **options)
-        except TypeError as err:
-            raise ConfigError(f"generator.options: {err}") from None
-    if not isinstance(generator, Generator):
-        raise ConfigError(f"generator '{g.name}' does not subclass synthcl.Generator")
-    made = (generator.image_size, generator.channels)
-    if made != (source.image_size, source.channels):
-        raise DataError(
-            f"the generator makes {made[0]}-px {made[1]}-channel images but the data has "
-            f"{source.image_size}-px {source.channels}-channel images; set data.image_size / data.channels"
-        )
-    return generator
-
-
-def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> float in [-1, 1]."""
-    return images.float().div(127.5).sub(1.0)
 
 
 def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
@@ -177,7 +72,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     info: dict[str, Any] = {
         "stage": "generator", "generator": generator.registry_name(), "image_size": source.image_size,
         "channels": source.channels, "dataset": recipe.data.dataset, "processes": 1,
-        "synthcl_version": synthcl.__version__,
+        "synthcl_version": __version__,
     }
 
     def write_status(status: str, step: int, **extra: Any) -> None:

@@ -1,251 +1,34 @@
-"""The training loop: ``train(recipe) -> run_dir``, written as numbered steps (see METHOD.md)."""
+"""The training loop: ``train(recipe) -> run_dir``, written as numbered steps (docs/architecture.md lists them)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
 import os
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import synthcl
-from synthcl.augment import ViewAugment
-from synthcl.config import (
-    Recipe,
-    dump_recipe,
-    load_recipe,
-    read_run_recipe,
-    recipe_from_dict,
-    recipe_to_dict,
-    schedule_steps,
-)
-from synthcl.data import ImageSource, load_dataset, take_fraction
-from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
+from synthcl._version import __version__
+from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps
+from synthcl.errors import ConfigError, DataError, TrainingDiverged
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_json, atomic_write_text
-from synthcl.nn.backbones import build_backbone
 from synthcl.progress import ProgressBar
-from synthcl.registry import LEARNERS
-from synthcl.synthesis.engine import build_synthesizer
-from synthcl.training.checkpoint import LAST, export_backbone, load_checkpoint, save_checkpoint
+from synthcl.rundir import LAST, RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.training.build import (
+    build_augment,
+    build_learner,
+    build_synthesizer,
+    channel_stats,
+    compile_learner,
+    load_train_source,
+    make_accelerator,
+)
+from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint
 from synthcl.training.optim import build_optimizer, build_scheduler
-
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.csv"
-STATUS_FILE = "run.json"
-# t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
-# synchronisation, this is the time to issue the work).
-METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "t_augment_s", "t_learner_s"]
-# Keys that may change when a run is resumed: they do not alter the computation up to the stop.
-RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
-
-
-class RunInterrupted(SynthclError):
-    """Training was interrupted (Ctrl-C); a checkpoint of the last finished step was written."""
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / RECIPE_FILE).is_file() and (path / STATUS_FILE).is_file()
-
-
-def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = prefix + (key,)
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _recipe_differences(a, b, path)
-        elif a != b and path not in RESUMABLE_CHANGES:
-            diffs.append(".".join(path))
-    return diffs
-
-
-def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Recipe:
-    """Create, refuse, or reopen a run directory; return the recipe the run uses.
-
-    Raises:
-        RunDirError: if the directory holds a run and neither ``resume`` nor ``overwrite`` is set, if it
-            holds other files, or if there is nothing to resume.
-        ConfigError: if resuming with a recipe that differs from the run's own.
-    """
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite exclude each other")
-    if resume:
-        if not is_run_dir(run_dir):
-            raise RunDirError(f"cannot resume: {run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
-        stored = recipe_to_dict(read_run_recipe(run_dir))
-        diffs = _recipe_differences(stored, recipe_to_dict(recipe))
-        if diffs:
-            raise ConfigError(
-                f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); "
-                "resume with the run's own recipe"
-            )
-        return recipe
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"output path {run_dir} is a file, not a directory")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not is_run_dir(run_dir):
-            raise RunDirError(f"output directory {run_dir} exists and is not empty; choose another --out")
-        if not overwrite:
-            raise RunDirError(
-                f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return recipe
-
-
-def resumable_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a resumed run starts from; None for a run stopped before its first checkpoint.
-
-    A crash between the two renames of a checkpoint swap leaves only ``.last.old``: it is used then.
-
-    Raises:
-        RunDirError: if the run recorded progress but no checkpoint is left (nothing is overwritten).
-    """
-    import json
-
-    folder = run_dir / "checkpoints"
-    for candidate in (folder / LAST, folder / f".{LAST}.old"):
-        if (candidate / "meta.json").is_file():
-            return candidate
-    try:
-        recorded = int(json.loads((run_dir / STATUS_FILE).read_text()).get("step", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        recorded = 0
-    if recorded > 0:
-        raise RunDirError(f"{run_dir} recorded {recorded} steps but holds no checkpoint to resume from")
-    return None
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    # Every (seed, step, rank) gets its own augmentation stream, so a resumed run draws what an
-    # uninterrupted one would have drawn without saving any RNG state.
-    return ((seed * 1_000_003 + step) * 8191 + rank) % (2**63 - 1)
-
-
-@torch.no_grad()
-def channel_stats(source: ImageSource, limit: int = 4096, batch_size: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (in [0, 1] units) over the first ``limit`` images of ``source``."""
-    total = torch.zeros(source.channels, dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
-    count = 0
-    for images, _ in source.batches(batch_size, seed=None, drop_last=False):
-        x = images.to(torch.float64) / 255
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-        if count >= limit * x.shape[2] * x.shape[3]:
-            break
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
-    return mean.tolist(), std.tolist()
-
-
-def build_learner(recipe: Recipe, in_channels: int) -> ContrastiveLearner:
-    m = recipe.model
-    backbone = build_backbone(m.backbone, in_channels, cifar_stem=m.cifar_stem, width=m.width, norm=m.norm)
-    return LEARNERS.get(m.learner)(backbone, m)
-
-
-def build_augment(recipe: Recipe, source: ImageSource, mean: list[float], std: list[float]) -> ViewAugment:
-    a = recipe.augment
-    return ViewAugment(
-        source.image_size,
-        source.channels,
-        crop_scale=tuple(a.crop_scale),
-        crop_ratio=tuple(a.crop_ratio),
-        flip_p=a.flip_p,
-        jitter_p=a.jitter_p,
-        brightness=a.brightness,
-        contrast=a.contrast,
-        saturation=a.saturation,
-        hue=a.hue,
-        gray_p=a.gray_p,
-        blur_p=tuple(a.blur_p),
-        solarize_p=tuple(a.solarize_p),
-        mean=mean,
-        std=std,
-    )
-
-
-def load_train_source(recipe: Recipe) -> ImageSource:
-    d = recipe.data
-    source = load_dataset(
-        d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels,
-        download=d.download, num_workers=d.num_workers, options=d.options,
-    )
-    if d.fraction < 1.0:
-        source = take_fraction(source, d.fraction, seed=d.fraction_seed)
-    return source
-
-
-class MetricsLog:
-    """metrics.csv (rows appended and flushed) and TensorBoard, both truncated to the resume step."""
-
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool, columns: list[str] = METRIC_COLUMNS) -> None:
-        self.enabled, self.columns = enabled, columns
-        self.path = run_dir / METRICS_FILE
-        if not enabled:
-            return
-        kept = []
-        if self.path.is_file():
-            with open(self.path, newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(kept)
-        atomic_write_text(self.path, buffer.getvalue())
-        self._fh = open(self.path, "a", newline="")
-        self._csv = csv.DictWriter(self._fh, fieldnames=columns)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-
-    def write(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._csv.writerow({k: row[k] for k in self.columns})
-        self._fh.flush()
-        for key, value in row.items():
-            if key not in ("step", "epoch"):
-                self._tb.add_scalar(f"train/{key}", value, int(row["step"]))
-
-    def close(self) -> None:
-        if self.enabled:
-            self._fh.close()
-            self._tb.close()
-
-
-class StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step (a clean checkpoint)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+from synthcl.training.session import METRIC_COLUMNS, MetricsLog, RunInterrupted, StopRequest, step_seed
 
 
 def train(
@@ -362,7 +145,7 @@ def train(
         "dataset": recipe.data.dataset,
         "synthesis": recipe.synthesis.mode,
         "processes": world,
-        "synthcl_version": synthcl.__version__,
+        "synthcl_version": __version__,
     }
 
     def write_status(status: str, step: int, **extra: Any) -> None:
@@ -574,27 +357,6 @@ def write_synthesis_grids(synth: Any, run_dir: Path, step: int) -> None:
     g.train(was_training)
 
 
-def compile_learner(learner: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``torch.compile(learner)``, after a tiny probe that turns a machine without a working compiler
-    (no C++ toolchain for Inductor on CPU, say) into one clear line instead of a traceback mid-step.
-
-    Raises:
-        ConfigError: if ``torch.compile`` cannot compile and run a trivial function on ``device``.
-    """
-
-    def probe(x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x * 2.0 + 1.0)
-
-    try:
-        torch.compile(probe)(torch.ones(4, device=device))
-    except Exception as err:  # noqa: BLE001 - Dynamo/Inductor raise many types; all mean "unavailable here"
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ConfigError(
-            f"train.compile: torch.compile does not work on this machine ({reason}); set train.compile=false"
-        ) from None
-    return torch.compile(learner)
-
-
 def needs_in_run_pretraining(recipe: Recipe) -> bool:
     """Whether the run warms its generator up itself before the learner's first step.
 
@@ -607,21 +369,6 @@ def needs_in_run_pretraining(recipe: Recipe) -> bool:
         raise ConfigError("generator.pretrain_steps runs in one process; pretrain first (stage: generator) and "
                           "set generator.pretrained for a distributed run")
     return needed
-
-
-def make_accelerator(**kwargs: Any) -> Any:
-    """An Accelerator; in a single process, settings from an earlier ``train`` call are cleared first.
-
-    Accelerate keeps its state in a process-wide singleton that refuses a second Accelerator with other
-    settings (say bf16 after fp32 in one notebook). Outside a distributed launch nothing else depends on
-    that state, so it is reset; under a launcher every process trains one recipe and keeps it.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(**kwargs)
 
 
 def _override_dict(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> dict:

@@ -1,6 +1,6 @@
 import torch
 
-from generators.gan import GAN
+from synthcl.generators.gan import GAN
 from synthcl import Generator
 
 gan = GAN(image_size=28, channels=1, preset="cpu")

@@ -1,0 +1,213 @@
+"""Every builder of a run, from its recipe: the accelerator, the training images, the augmentation, the
+learner, the generator and the synthesizer. The loops, the evaluation and the benchmarks build through
+here, so each part is made one way."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from synthcl.augment import ViewAugment
+from synthcl.config import Recipe
+from synthcl.data import ImageSource, load_dataset, take_fraction
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError
+from synthcl.interfaces import ContrastiveLearner, Generator
+from synthcl.nn.backbones import build_backbone
+from synthcl.registry import GENERATORS, LEARNERS
+from synthcl.synthesis.engine import Synthesizer
+
+logger = logging.getLogger(__name__)
+EXPORT = "generator"
+"""The folder of a generator run that holds the generator in ``save_pretrained`` format."""
+
+
+def make_accelerator(**kwargs: Any) -> Any:
+    """An Accelerator; in a single process, settings from an earlier ``train`` call are cleared first.
+
+    Accelerate keeps its state in a process-wide singleton that refuses a second Accelerator with other
+    settings (say bf16 after fp32 in one notebook). Outside a distributed launch nothing else depends on
+    that state, so it is reset; under a launcher every process trains one recipe and keeps it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**kwargs)
+
+
+@torch.no_grad()
+def channel_stats(source: ImageSource, limit: int = 4096, batch_size: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) over the first ``limit`` images of ``source``."""
+    total = torch.zeros(source.channels, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for images, _ in source.batches(batch_size, seed=None, drop_last=False):
+        x = images.to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+        if count >= limit * x.shape[2] * x.shape[3]:
+            break
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def build_learner(recipe: Recipe, in_channels: int) -> ContrastiveLearner:
+    m = recipe.model
+    backbone = build_backbone(m.backbone, in_channels, cifar_stem=m.cifar_stem, width=m.width, norm=m.norm)
+    return LEARNERS.get(m.learner)(backbone, m)
+
+
+def build_augment(recipe: Recipe, source: ImageSource, mean: list[float], std: list[float]) -> ViewAugment:
+    a = recipe.augment
+    return ViewAugment(
+        source.image_size,
+        source.channels,
+        crop_scale=tuple(a.crop_scale),
+        crop_ratio=tuple(a.crop_ratio),
+        flip_p=a.flip_p,
+        jitter_p=a.jitter_p,
+        brightness=a.brightness,
+        contrast=a.contrast,
+        saturation=a.saturation,
+        hue=a.hue,
+        gray_p=a.gray_p,
+        blur_p=tuple(a.blur_p),
+        solarize_p=tuple(a.solarize_p),
+        mean=mean,
+        std=std,
+    )
+
+
+def load_train_source(recipe: Recipe) -> ImageSource:
+    d = recipe.data
+    source = load_dataset(
+        d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels,
+        download=d.download, num_workers=d.num_workers, options=d.options,
+    )
+    if d.fraction < 1.0:
+        source = take_fraction(source, d.fraction, seed=d.fraction_seed)
+    return source
+
+
+def compile_learner(learner: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(learner)``, after a tiny probe that turns a machine without a working compiler
+    (no C++ toolchain for Inductor on CPU, say) into one clear line instead of a traceback mid-step.
+
+    Raises:
+        ConfigError: if ``torch.compile`` cannot compile and run a trivial function on ``device``.
+    """
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * 2.0 + 1.0)
+
+    try:
+        torch.compile(probe)(torch.ones(4, device=device))
+    except Exception as err:  # noqa: BLE001 - Dynamo/Inductor raise many types; all mean "unavailable here"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(
+            f"train.compile: torch.compile does not work on this machine ({reason}); set train.compile=false"
+        ) from None
+    return torch.compile(learner)
+
+
+def generator_folder(path: str | Path) -> Path:
+    """The ``save_pretrained`` folder of a generator run directory, or ``path`` itself."""
+    path = Path(path)
+    return path / EXPORT if (path / EXPORT / "config.json").is_file() else path
+
+
+def accepted_options(factory: Any) -> set[str] | None:
+    """Keyword options a generator's constructor takes (None: it takes any, ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without those that belong to another registered generator and not to ``name``.
+
+    A recipe written for one generator keeps working when ``generator.name`` switches to another (its
+    GAN-only ``diffaugment`` does not stop a diffusion run): such options are dropped with a warning that
+    names them. An option no registered generator takes is kept, so the constructor's error reports the
+    typo.
+    """
+    try:
+        accepted = accepted_options(GENERATORS.get(name))
+    except RegistryError:  # an unknown name: left to the caller's lookup, which says so in one line
+        return dict(options)
+    foreign = [k for k in options if accepted is not None and k not in accepted]
+    owners: dict[str, list[str]] = {}
+    for other in GENERATORS.names() if foreign else []:
+        if other == name:
+            continue
+        try:
+            theirs = accepted_options(GENERATORS.get(other))
+        except Exception:  # a broken third-party entry point does not concern this run
+            continue
+        for key in foreign:
+            if theirs is not None and key in theirs:
+                owners.setdefault(key, []).append(other)
+    if owners:
+        logger.warning("generator.options: %s %s for another generator (%s), not '%s'; ignored",
+                       ", ".join(owners), "is" if len(owners) == 1 else "are",
+                       ", ".join(sorted({o for names in owners.values() for o in names})), name)
+    return {k: v for k, v in options.items() if k not in owners}
+
+
+def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
+    """The recipe's generator for images of ``source``'s size and channels (pretrained if asked).
+
+    Raises:
+        ConfigError: on options the generator does not accept.
+        CheckpointError: if ``generator.pretrained`` cannot be loaded.
+        DataError: if a pretrained generator makes images of another size or channel count.
+    """
+    g = recipe.generator
+    options = portable_options(g.name, g.options) if g.name is not None else dict(g.options)
+    if g.pretrained is not None:
+        # generator.options override the saved options (e.g. a diffusion model's sampling steps).
+        generator = Generator.from_pretrained(generator_folder(g.pretrained), **options)
+        if g.name is not None and generator.registry_name() != g.name:
+            raise CheckpointError(
+                f"generator.pretrained holds a '{generator.registry_name()}' generator but generator.name is '{g.name}'"
+            )
+    else:
+        factory = GENERATORS.get(g.name)
+        try:
+            generator = factory(image_size=source.image_size, channels=source.channels, **options)
+        except TypeError as err:
+            raise ConfigError(f"generator.options: {err}") from None
+    if not isinstance(generator, Generator):
+        raise ConfigError(f"generator '{g.name}' does not subclass synthcl.Generator")
+    made = (generator.image_size, generator.channels)
+    if made != (source.image_size, source.channels):
+        raise DataError(
+            f"the generator makes {made[0]}-px {made[1]}-channel images but the data has "
+            f"{source.image_size}-px {source.channels}-channel images; set data.image_size / data.channels"
+        )
+    return generator
+
+
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_steps: int) -> Synthesizer | None:
+    """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
+    if recipe.synthesis.mode == "none":
+        return None
+    generator = build_generator(recipe, source).to(device)
+    return Synthesizer(recipe.synthesis, recipe.generator, generator, total_steps)
