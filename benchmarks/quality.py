@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -66,11 +67,16 @@ def cache_key(recipe: str, overrides: list[str]) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def warm_generator(recipe: str, overrides: list[str], runs: Path) -> Path:
-    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match."""
+def warm_folder(recipe: str, overrides: list[str], runs: Path) -> tuple[Any, Path]:
+    """The generator run that warms a generator-mode run up, and its folder (named by its resolved recipe)."""
     sub = pretrain_recipe(load_recipe(recipe, overrides))
     digest = hashlib.sha256(json.dumps(recipe_to_dict(sub) | {"name": None}, sort_keys=True, default=str).encode())
-    out = runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
+    return sub, runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
+
+
+def warm_generator(recipe: str, overrides: list[str], runs: Path) -> Path:
+    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match."""
+    sub, out = warm_folder(recipe, overrides, runs)
     if not (out / "generator" / "config.json").is_file():
         start = time.perf_counter()
         train(sub, out=out, overwrite=True, quiet=True)
@@ -132,6 +138,28 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
             cached.write_text(json.dumps(probe(run, init)))
         found.append({"mode": init, **json.loads(cached.read_text())})
     return found
+
+
+def warmup_fid(rows: list[dict], runs: Path, n: int) -> list[dict]:
+    """FID (Inception, n samples against n real training images) of each warm-up the rows started from,
+    at the end of the warm-up: what the joint phase starts with."""
+    from synthcl.eval.generator_eval import evaluate_generator
+
+    found = {}
+    for r in rows:
+        if r["mode"] == "none":
+            continue
+        _, folder = warm_folder(r["recipe"], r["overrides"], runs)
+        if folder.name in found or not (folder / "generator" / "config.json").is_file():
+            continue
+        cached = folder / "eval-generator.json"
+        result = json.loads(cached.read_text()) if cached.is_file() else None
+        if result is None or result.get("n") != n:
+            result = evaluate_generator(folder, n=n, features="inception", quiet=True)
+        found[folder.name] = {"generator": r["generator"], "fraction": r["fraction"], "seed": r["seed"],
+                              "steps": load_recipe(folder / "recipe.yaml").train.steps, "n": n,
+                              "fid": result["generator"]["fid"], "partner_fid": result["partner"]["fid"]}
+    return sorted(found.values(), key=lambda w: (w["generator"], w["fraction"], w["seed"]))
 
 
 def label(row: dict) -> str:
@@ -241,7 +269,8 @@ def plot(rows: list[dict], floor: dict[str, dict], path: Path) -> bool:
     return True
 
 
-def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], machine: dict, scarce: float) -> list[str]:
+def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], machine: dict, scarce: float,
+           warmups: list[dict] = ()) -> list[str]:
     floor = {r["mode"]: r for r in floor_rows}
     recipe = load_recipe(PLAIN)
     stats = {m: summarize(all_rows, m) for m in METRICS}
@@ -277,6 +306,13 @@ def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], ma
                   "Each run minus `none` at the same seed and fraction; the target for joint is >= +2.0 and beyond "
                   "2 sd of these differences.", "",
                   "| fraction | comparison | mean ± sd | per seed | verdict |", "|---:|---|---:|---|---|", *pairs]
+    if warmups:
+        lines += ["", "## The generator at the end of its warm-up", "",
+                  f"FID (Inception, {warmups[0]['n']} samples against as many real training images) of the generator "
+                  "each generator mode starts its joint phase from, and of its moving-average partner:", "",
+                  "| generator | fraction | seed | warm-up steps | FID | partner FID |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {w['generator']} | {w['fraction']} | {w['seed']} | {w['steps']} | {w['fid']:.1f} | "
+                  f"{w['partner_fid']:.1f} |" for w in warmups]
     goals = targets(all_rows, PRIMARY)
     if goals:
         lines += ["", "## Targets (primary metric, means over seeds)", "", *goals]
@@ -299,6 +335,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None, help="keep the runs here and reuse finished ones")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.md")
     parser.add_argument("--collect", action="store_true", help="train nothing: tabulate finished runs in --runs")
+    parser.add_argument("--fid", type=int, default=0, metavar="N",
+                        help="measure the FID of each generator warm-up with N samples (needs synthcl[metrics])")
     args = parser.parse_args()
     if (args.set or args.plain_set) and args.variant == "default":
         parser.error("--set/--plain-set need --variant NAME, so that the rows are told apart in the table")
@@ -312,17 +350,20 @@ def main() -> None:
         rows = run_grid(args, runs)
         store = args.out.with_suffix(".json")
         previous = json.loads(store.read_text()) if store.is_file() else {}
-        merged = {r["key"]: r for r in previous.get("rows", [])} | {r["key"]: r for r in rows}
+        # rows of an earlier protocol (no resolved-recipe key) are not this benchmark's: dropped
+        merged = {r["key"]: r for r in previous.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}
         all_rows = list(merged.values())
         floor_rows = floors(runs, all_rows) or previous.get("floors", [])
+        warmups = warmup_fid(all_rows, runs, args.fid) if args.fid else previous.get("warmups", [])
     commands = [c for c in previous.get("commands", []) if c != command] + [command]
-    lines = report(all_rows, floor_rows, commands, machine, scarce)
+    lines = report(all_rows, floor_rows, commands, machine, scarce, warmups)
     if plot(all_rows, {r["mode"]: r for r in floor_rows}, args.out.with_suffix(".png")):
         lines += ["", f"![primary metric and kNN against fraction]({args.out.with_suffix('.png').name})"]
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    store.write_text(json.dumps({"commands": commands, "floors": floor_rows, "rows": all_rows}, indent=1))
+    store.write_text(json.dumps({"commands": commands, "floors": floor_rows, "warmups": warmups, "rows": all_rows},
+                                indent=1))
     print("\n".join(lines))
 
 
