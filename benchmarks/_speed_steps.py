@@ -37,7 +37,7 @@ from synthcl.training.build import (
     load_train_source,
 )
 from synthcl.training.optim import build_optimizer, build_scheduler
-from synthcl.training.session import step_seed
+from synthcl.training.step import LearnerStep
 
 LOADER_WORKERS = 2
 
@@ -72,10 +72,11 @@ def endless_batches(source: ImageSource, batch: int, seed: int, rank: int = 0, w
 
 
 class SynthclStep:
-    """One iteration of ``synthcl.training.train`` (its steps 5 to 10) without logging or checkpoints.
+    """One iteration of ``synthcl.training.train`` without logging or checkpoints: the library's
+    ``LearnerStep`` (steps 5 to 9) and the loop's device-side bookkeeping (step 10).
 
-    Built from the same helpers as the loop (``build_learner``, ``build_augment``, ``build_optimizer``,
-    ``build_scheduler``, ``build_synthesizer``), with the loop's per-step seeding and bookkeeping.
+    Built with the loop's builders (``build_learner``, ``build_augment``, ``build_optimizer``,
+    ``build_scheduler``, ``build_synthesizer``).
 
     Args:
         r: the recipe (its ``synthesis`` section decides whether a generator runs).
@@ -113,7 +114,6 @@ class SynthclStep:
         self.optimizer = build_optimizer(self.learner, r.optim)
         self.scheduler = build_scheduler(self.optimizer, r.optim, steps_per_epoch, total)
         self.synth = build_synthesizer(r, data.source, self.device, total)
-        self.n_synthetic = max(1, round(r.synthesis.ratio * self.local))
         self.total_steps = total
         if ddp:
             self.learner = nn.parallel.DistributedDataParallel(self.learner)
@@ -124,67 +124,31 @@ class SynthclStep:
             self.loader_transform = torchvision_views(data.source.image_size, r, data.mean, data.std)
         self._batches = endless_batches(data.source, self.batch, t.seed, rank, world)
         self._loader_iter: Iterator | None = None
-        self.generator = torch.Generator(device=self.device)
+        # The library's own step (synthcl.training.step.LearnerStep): what `synthcl train` runs, timed as is.
+        self.learner_step = LearnerStep(
+            self.call, self.unwrapped, self.optimizer, self.scheduler, self.augment, self.synth, seed=t.seed,
+            global_batch=t.batch_size, total_steps=total, views_per_image=r.augment.views,
+            channels_last=self.channels_last, grad_clip=r.optim.grad_clip, rank=rank, world=world,
+            autocast=(lambda: torch.autocast("cpu", dtype=autocast)) if autocast else None,
+        )
         self.step_index = 0
         self.bad_step = torch.full((), -1, dtype=torch.long)
         self.loss_sum = torch.zeros(())
-        self.phases = Counter()
         self.learner.train()
 
-    # The loop's closure of the same name: the learner as a fixed function for the generator step.
-    def frozen_learner_loss(self, views: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        tensors = {k: v.detach() for k, v in self.unwrapped.named_parameters()}
-        tensors |= {k: v.clone() for k, v in self.unwrapped.named_buffers()}
-        return torch.func.functional_call(self.unwrapped, tensors, (views, groups))
-
-    def _real_views(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.r.train
-        v = self.r.augment.views
+    def step(self) -> None:
+        step = self.step_index
+        real = None
         if self.loader_transform is not None:
+            start = time.perf_counter()
             views, images = next(self._loader_iter)
             views = views.reshape(-1, *views.shape[2:])  # (V, B, C, H, W) -> view-major (V * B, C, H, W)
+            real = views, self.learner_step.groups(images.shape[0], images.device)
+            self.learner_step.times["augment"] += time.perf_counter() - start
         else:
             images = next(self._batches)
-            self.generator.manual_seed(step_seed(t.seed, step, self.rank))
-            torch.manual_seed(step_seed(t.seed + 1, step, self.rank))
-            views = self.augment.views(images, v, self.generator)
-        return views, images
-
-    def step(self) -> None:
-        t, step = self.r.train, self.step_index
-        # 5. Real views.
-        start = time.perf_counter()
-        views, images = self._real_views(step)
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        groups = (torch.arange(images.shape[0]) + self.rank * self.local).repeat(self.r.augment.views)
-        self.phases["augment"] += time.perf_counter() - start
-        # 6. Synthetic views.
-        if self.synth is not None:
-            synthetic = self.synth.synthesize(step, images.shape[0], t.batch_size + self.rank * self.n_synthetic,
-                                              self.augment.views, self.generator)
-            if synthetic is not None:
-                views = torch.cat([views, synthetic[0].to(views.dtype)])
-                groups = torch.cat([groups, synthetic[1]])
-                if self.channels_last:
-                    views = views.contiguous(memory_format=torch.channels_last)
-        # 7. and 8. Learner step, momentum hooks.
-        start = time.perf_counter()
-        context = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-        with context:
-            loss = self.call(views, groups)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.unwrapped.on_step_end(step + 1, self.total_steps)
-        self.phases["learner"] += time.perf_counter() - start
-        # 9. Critic and generator, partner.
-        if self.synth is not None:
-            self.synth.update_generator(step, images.float().div(127.5).sub(1.0), self.frozen_learner_loss)
-            self.synth.update_partner(step)
+        detached = self.learner_step(step, images, real)
         # 10. Device-side bookkeeping, as the loop does it.
-        detached = loss.detach().float()
         newly_bad = (~torch.isfinite(detached)) & (self.bad_step < 0)
         self.bad_step = torch.where(newly_bad, step + 1, self.bad_step)
         self.loss_sum += torch.nan_to_num(detached)
@@ -205,13 +169,13 @@ class SynthclStep:
             self._loader_iter = None  # stops the workers before the other side's round
 
     def reset_phases(self) -> None:
-        self.phases.clear()
+        self.learner_step.times = dict.fromkeys(self.learner_step.times, 0.0)
         if self.synth is not None:
             self.synth.times = dict.fromkeys(self.synth.times, 0.0)
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase since the last reset: augment, synthesize, learner, critic, generator."""
-        out = {"augment": self.phases["augment"], "learner": self.phases["learner"]}
+        out = dict(self.learner_step.times)
         if self.synth is not None:
             out |= {k: v for k, v in self.synth.times.items()}
         return out

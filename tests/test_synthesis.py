@@ -14,6 +14,7 @@ from test_cli import run_cli
 from synthcl.config import GeneratorConfig, ModelConfig, SynthesisConfig
 from synthcl.learners import SimCLR
 from synthcl.nn.backbones import SmallCNN
+from synthcl.nn.momentum import frozen_call
 from synthcl.registry import GENERATORS
 from synthcl.synthesis.engine import Synthesizer
 from synthcl.training import train
@@ -139,9 +140,7 @@ def _setup(mode="joint", **synthesis):
         return torch.cat([images] * n_views) * 2 - 1
 
     def frozen_loss(views, groups):
-        tensors = {k: v.detach() for k, v in learner.named_parameters()}
-        tensors |= {k: v.clone() for k, v in learner.named_buffers()}
-        return torch.func.functional_call(learner, tensors, (views, groups))
+        return frozen_call(learner, views, groups)
 
     return learner, gen, synth, augment, frozen_loss
 

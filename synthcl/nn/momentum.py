@@ -1,4 +1,5 @@
-"""Momentum (EMA) helpers shared by MoCo, BYOL and the generators' moving-average partners."""
+"""Momentum (EMA) helpers shared by MoCo, BYOL and the generators' moving-average partners, and the frozen
+call the generator step makes through the learner."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import math
 
 import torch
 from torch import nn
+
+
+def frozen_call(module: nn.Module, *args: object) -> object:
+    """``module(*args)`` as a fixed function: no gradient reaches its parameters and its buffers (BatchNorm
+    statistics, queues) are left untouched, while gradients still flow to the inputs."""
+    tensors = {k: v.detach() for k, v in module.named_parameters()}
+    tensors |= {k: v.clone() for k, v in module.named_buffers()}
+    return torch.func.functional_call(module, tensors, args)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

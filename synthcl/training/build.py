@@ -200,11 +200,6 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
     return generator
 
 
-def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> float in [-1, 1]."""
-    return images.float().div(127.5).sub(1.0)
-
-
 def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_steps: int) -> Synthesizer | None:
     """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
     if recipe.synthesis.mode == "none":

@@ -21,9 +21,10 @@ from synthcl.errors import ConfigError, DataError, TrainingDiverged
 from synthcl.io import atomic_write_json, atomic_write_text
 from synthcl.progress import ProgressBar
 from synthcl.rundir import LAST, RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
-from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator, to_signed
+from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint
-from synthcl.training.session import MetricsLog, RunInterrupted, StopRequest, step_seed
+from synthcl.training.session import MetricsLog, RunInterrupted, StopRequest
+from synthcl.training.step import GeneratorStep
 from synthcl.viz import save_sample_grid
 
 PRETRAIN_DIR = "generator-pretrain"
@@ -112,6 +113,8 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
                 f"{int(bad_step)}; stopped. Last good checkpoint: {where}. Try lower generator.lr"
             )
 
+    generator_step = GeneratorStep(generator, g_opt, d_opt, critic_steps=g.critic_steps,
+                                   partner_momentum=g.partner_momentum, seed=t.seed, autocast=accelerator.autocast)
     generator.train()
     batches = None
     with ProgressBar(run_steps, f"pretrain {recipe.name}", unit="img", rate_per_step=t.batch_size,
@@ -121,39 +124,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
                 epoch, index = divmod(step, steps_per_epoch)
                 if batches is None or index == 0:
                     batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch, start_batch=index)
-                real = to_signed(next(batches)[0])
-                # Every random draw of this step (latents, DiffAugment, ...) comes from a seed of the step.
-                torch.manual_seed(step_seed(t.seed, step, 0))
-                n = real.shape[0]
-
-                # 3. Critic step(s) on real vs. detached fake images.
-                critic_loss = torch.zeros((), device=device)
-                if d_opt is not None:
-                    for _ in range(g.critic_steps):
-                        with torch.no_grad(), accelerator.autocast():
-                            fake = generator(generator.sample_latents(n))
-                        with accelerator.autocast():
-                            critic_loss = generator.critic_loss(real, fake.float())
-                        d_opt.zero_grad(set_to_none=True)
-                        critic_loss.backward()
-                        d_opt.step()
-
-                # 4. Generator step: stay realistic (the critic is not updated here). A realism term on real
-                #    images alone (diffusion's denoising loss) gets no samples: none are drawn.
-                with accelerator.autocast():
-                    fake = generator(generator.sample_latents(n)).float() if generator.realism_needs_samples else None
-                    generator_loss = generator.realism_loss(fake, real)
-                g_opt.zero_grad(set_to_none=True)
-                generator_loss.backward()
-                g_opt.step()
-                if d_opt is not None:
-                    d_opt.zero_grad(set_to_none=True)  # the generator step left gradients on the critic
-
-                # 5. Moving-average partner.
-                generator.update_partner(g.partner_momentum)
+                # 3.-5. Critic step(s) on real vs. detached samples, the realism step (critic not updated),
+                #       the moving-average partner (synthcl.training.step).
+                losses = generator_step(step, next(batches)[0])
 
                 # 6. Bookkeeping, grids and checkpoints.
-                losses = torch.stack([critic_loss.detach().float(), generator_loss.detach().float()])
                 newly_bad = (~torch.isfinite(losses).all()) & (bad_step < 0)
                 bad_step = torch.where(newly_bad, step + 1, bad_step)
                 bad_values = torch.where(newly_bad, losses, bad_values)

@@ -28,7 +28,8 @@ from synthcl.training.build import (
 )
 from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint
 from synthcl.training.optim import build_optimizer, build_scheduler
-from synthcl.training.session import METRIC_COLUMNS, MetricsLog, RunInterrupted, StopRequest, step_seed
+from synthcl.training.session import METRIC_COLUMNS, MetricsLog, RunInterrupted, StopRequest
+from synthcl.training.step import LearnerStep
 
 
 def train(
@@ -101,7 +102,6 @@ def train(
     run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
     mean, std = channel_stats(source)
     augment = build_augment(recipe, source, mean, std).to(device)
-    views_per_image = recipe.augment.views
 
     # 3. Model, optimizer, schedule (the same initial weights on every process).
     torch.manual_seed(t.seed)
@@ -167,30 +167,16 @@ def train(
     write_status("running", start_step)
     columns = METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else [])
     metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
-    local_batch = t.batch_size // world
-    group_offset = rank * local_batch
-    n_synthetic = max(1, round(recipe.synthesis.ratio * local_batch))
-    generator = torch.Generator(device=device)
+    learner_step = LearnerStep(
+        learner, unwrapped, optimizer, scheduler, augment, synth, seed=t.seed, global_batch=t.batch_size,
+        total_steps=total_steps, views_per_image=recipe.augment.views, channels_last=t.channels_last,
+        grad_clip=o.grad_clip, rank=rank, world=world, backward=accelerator.backward, clip=accelerator.clip_grad_norm_,
+    )
     loss_sum = torch.zeros((), device=device)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bad_loss = torch.zeros((), device=device)
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
-    phase_times = {"augment": 0.0, "learner": 0.0}
     last_good = start_step
-
-    def frozen_learner_loss(views: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        # The learner as a fixed function: no gradients into its parameters, and its BatchNorm
-        # statistics untouched (they are cloned), while gradients still reach the input views.
-        tensors = {k: v.detach() for k, v in unwrapped.named_parameters()}
-        tensors |= {k: v.clone() for k, v in unwrapped.named_buffers()}
-        return torch.func.functional_call(unwrapped, tensors, (views, groups))
-
-    def learner_features(images: torch.Tensor) -> torch.Tensor:
-        was_training = unwrapped.training
-        unwrapped.eval()
-        out = unwrapped.features(augment.standardize(images))
-        unwrapped.train(was_training)
-        return out
 
     def check_divergence() -> None:
         if synth is not None and synth.failure is not None:
@@ -229,50 +215,11 @@ def train(
                                              start_batch=index, rank=rank, world_size=world)
                 images, _ = next(batches)
 
-                # 5. Real views: `views_per_image` augmentations of each image, one group id per image.
-                phase_start = time.perf_counter()
-                generator.manual_seed(step_seed(t.seed, step, rank))
-                # Draws from the default RNG (a generator's DiffAugment, dropout) are per-step too.
-                torch.manual_seed(step_seed(t.seed + 1, step, rank))
-                views = augment.views(images, views_per_image, generator)
-                if t.channels_last:
-                    views = views.contiguous(memory_format=torch.channels_last)
-                groups = (torch.arange(images.shape[0], device=device) + group_offset).repeat(views_per_image)
-
-                phase_times["augment"] += time.perf_counter() - phase_start
-
-                # 6. Synthetic views: samples (or positive pairs) of the generator, their own group ids
-                #    after every process's real ids, detached for the learner step.
-                if synth is not None:
-                    synthetic = synth.synthesize(step, images.shape[0], t.batch_size + rank * n_synthetic,
-                                                 augment.views, generator)
-                    if synthetic is not None:
-                        views = torch.cat([views, synthetic[0].to(views.dtype)])
-                        groups = torch.cat([groups, synthetic[1]])
-                        if t.channels_last:
-                            views = views.contiguous(memory_format=torch.channels_last)
-
-                # 7. Learner step on real and synthetic views.
-                phase_start = time.perf_counter()
-                loss = learner(views, groups)
-                accelerator.backward(loss)
-                if o.grad_clip is not None:
-                    accelerator.clip_grad_norm_(learner.parameters(), o.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                # 8. Momentum encoders and queues.
-                unwrapped.on_step_end(step + 1, total_steps)
-                phase_times["learner"] += time.perf_counter() - phase_start
-
-                # 9. Critic and generator steps (learner frozen), then the moving-average partner.
-                if synth is not None:
-                    synth.update_generator(step, images.float().div(127.5).sub(1.0), frozen_learner_loss)
-                    synth.update_partner(step)
+                # 5.-9. Real and synthetic views, the learner update, momentum hooks, then the critic,
+                #       generator and partner updates with the learner frozen (synthcl.training.step).
+                detached = learner_step(step, images)
 
                 # 10. Bookkeeping without host syncs: divergence is flagged on the device.
-                detached = loss.detach().float()
                 newly_bad = (~torch.isfinite(detached)) & (bad_step < 0)
                 bad_step = torch.where(newly_bad, step + 1, bad_step)
                 bad_loss = torch.where(newly_bad, detached, bad_loss)
@@ -288,11 +235,11 @@ def train(
                         "loss": float(mean_loss) / interval_steps, "lr": scheduler.get_last_lr()[0],
                         "images_per_s": interval_steps * t.batch_size / (now - interval_start),
                         "elapsed_s": now - run_start,
-                        "t_augment_s": phase_times["augment"], "t_learner_s": phase_times["learner"],
+                        "t_augment_s": learner_step.times["augment"], "t_learner_s": learner_step.times["learner"],
                     }
-                    phase_times = dict.fromkeys(phase_times, 0.0)
+                    learner_step.times = dict.fromkeys(learner_step.times, 0.0)
                     if synth is not None:
-                        row |= synthesis_row(synth, done, learner_features)
+                        row |= synthesis_row(synth, done, learner_step.features)
                     metrics.write(row)
                     bar.update(done, loss=row["loss"], lr=row["lr"])
                     loss_sum.zero_()
