@@ -129,6 +129,17 @@ def test_self_contained_joint_recipe_warms_its_generator_up_then_trains_jointly(
     assert load_recipe(run / "recipe.yaml").generator.pretrained is None
 
 
+def test_self_contained_diffusion_recipe_warms_up_and_trains(tmp_path, one_thread):
+    pytest.importorskip("diffusers")
+    overrides = [*SHRINK, "generator.options={preset: tiny, sampling_steps: 2, pair_method: branch}",
+                 "generator.pretrain_lr=0.001"]
+    run = train("fashion-mnist-scarce-joint-diffusion", out=tmp_path / "run", quiet=True, overrides=overrides)
+    warm = json.loads((run / PRETRAIN_DIR / "run.json").read_text())
+    assert warm["status"] == "completed" and warm["generator"] == "diffusion"
+    assert load_recipe(run / PRETRAIN_DIR / "recipe.yaml").generator.lr == 0.001  # generator.pretrain_lr
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
 def test_overwriting_a_run_warms_up_afresh(tmp_path, one_thread):
     first = train("fashion-mnist-scarce-joint", out=tmp_path / "run", quiet=True, overrides=gan_shrink())
     (first / PRETRAIN_DIR / "stale.txt").write_text("from the first run")
