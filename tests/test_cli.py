@@ -92,11 +92,11 @@ def test_bad_recipe_values(monkeypatch, capsys, tmp_path, tiny_recipe_file, over
 
 
 def test_missing_data_root_says_how_to_get_the_data(monkeypatch, capsys, tmp_path, tiny_recipe_file):
-    import synthcl.data
+    import synthcl.data.roots
 
     monkeypatch.delenv("SYNTHCL_DATA", raising=False)
-    monkeypatch.setattr(synthcl.data, "SYSTEM_DATA_DIRS", [tmp_path / "nowhere"])
-    monkeypatch.setattr(synthcl.data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(synthcl.data.roots, "SYSTEM_DATA_DIRS", [tmp_path / "nowhere"])
+    monkeypatch.setattr(synthcl.data.roots, "CACHE_DIR", tmp_path / "cache")
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "data.dataset=cifar10",
                            "data.channels=null", "data.options={}", "--out", str(tmp_path / "run"), "-q")
     assert_one_line_error(code, err, "cifar10")

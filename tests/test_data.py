@@ -20,8 +20,10 @@ from synthcl.data import (
     FolderImages,
     ImageSource,
     TensorImages,
+    folders,
     load_dataset,
     resolve_root,
+    roots,
     take_fraction,
 )
 from synthcl.errors import DataError, RegistryError
@@ -35,8 +37,8 @@ def no_data_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SYNTHCL_DATA", raising=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", [empty])
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(roots, "SYSTEM_DATA_DIRS", [empty])
+    monkeypatch.setattr(roots, "CACHE_DIR", tmp_path / "cache")
     return empty
 
 
@@ -304,7 +306,7 @@ def test_imagenet100_custom_classes(tmp_path: Path, no_data_dirs: Path) -> None:
 
 
 def test_shipped_imagenet100_list() -> None:
-    wnids = data.IMAGENET100_CLASSES.read_text().split()
+    wnids = folders.IMAGENET100_CLASSES.read_text().split()
     assert len(wnids) == len(set(wnids)) == 100
     assert wnids[:2] == ["n02869837", "n01749939"]
     assert all(len(w) == 9 and w.startswith("n") and w[1:].isdigit() for w in wnids)
@@ -357,8 +359,8 @@ def test_download_goes_to_the_cache(tmp_path: Path, no_data_dirs: Path, monkeypa
     def fake_download(target: Path) -> None:  # stands in for torchvision, which needs the network
         write_idx_dataset(target / "FashionMNIST" / "raw")
 
-    location = dataclasses.replace(data._LOCATIONS["fashion-mnist"], download=fake_download)
-    monkeypatch.setitem(data._LOCATIONS, "fashion-mnist", location)
+    location = dataclasses.replace(roots._LOCATIONS["fashion-mnist"], download=fake_download)
+    monkeypatch.setitem(roots._LOCATIONS, "fashion-mnist", location)
     with pytest.raises(DataError):
         resolve_root("fashion-mnist", None)
     found = resolve_root("fashion-mnist", None, download=True)
@@ -368,7 +370,7 @@ def test_download_goes_to_the_cache(tmp_path: Path, no_data_dirs: Path, monkeypa
     def offline(target: Path) -> None:
         raise OSError("Network is unreachable\nsecond line")
 
-    monkeypatch.setitem(data._LOCATIONS, "cifar10", dataclasses.replace(data._LOCATIONS["cifar10"], download=offline))
+    monkeypatch.setitem(roots._LOCATIONS, "cifar10", dataclasses.replace(roots._LOCATIONS["cifar10"], download=offline))
     with pytest.raises(DataError, match="could not download cifar10 .*Network is unreachable second line"):
         load_dataset("cifar10", download=True)
 

