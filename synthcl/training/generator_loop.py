@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,12 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
-from synthcl.errors import ConfigError, DataError, TrainingDiverged
+from synthcl.errors import ConfigError, DataError
 from synthcl.io import atomic_write_json, atomic_write_text
-from synthcl.progress import ProgressBar
-from synthcl.rundir import LAST, RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.rundir import RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint
-from synthcl.training.session import MetricsLog, RunInterrupted, StopRequest
+from synthcl.training.session import RunInterrupted, RunSession
 from synthcl.training.step import GeneratorStep
 from synthcl.viz import save_sample_grid
 
@@ -61,7 +59,6 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
 
     # 2. Resume.
     start_step = 0
-    checkpoint = run_dir / "checkpoints" / LAST
     if resume and (found := resumable_checkpoint(run_dir)) is not None:
         state, meta = load_checkpoint(found, generator)
         g_opt.load_state_dict(state["generator_optimizer"])
@@ -76,10 +73,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
         "synthcl_version": __version__,
     }
 
-    def write_status(status: str, step: int, **extra: Any) -> None:
-        atomic_write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "total_steps": run_steps, **info, **extra})
-
-    def checkpoint_now(step: int) -> None:
+    def save(step: int) -> None:
         state = {"generator_optimizer": g_opt.state_dict(), "step": step}
         if d_opt is not None:
             state["critic_optimizer"] = d_opt.state_dict()
@@ -94,80 +88,40 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
         generator.train()
         save_sample_grid(images, run_dir / "samples" / f"step-{step:07d}.png")
 
-    write_status("running", start_step)
-    if start_step == 0:
-        write_samples(0)
-    metrics = MetricsLog(run_dir, start_step, enabled=True, columns=GENERATOR_COLUMNS)
-    sums = torch.zeros(2, device=device)
-    bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    bad_values = torch.zeros(2, device=device)
-    interval_start = run_start = time.perf_counter()
-    interval_steps, last_good = 0, start_step
-
-    def check_divergence() -> None:
-        if int(bad_step) >= 0:
-            write_status("diverged", last_good, diverged_at=int(bad_step))
-            where = f"{checkpoint} (step {last_good})" if last_good else "none yet"
-            raise TrainingDiverged(
-                f"critic/generator loss became {float(bad_values[0]):.4g}/{float(bad_values[1]):.4g} at step "
-                f"{int(bad_step)}; stopped. Last good checkpoint: {where}. Try lower generator.lr"
-            )
-
+    session = RunSession(
+        run_dir, info, run_steps=run_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
+        log_every=t.log_every, checkpoint_every=t.checkpoint_every, columns=GENERATOR_COLUMNS,
+        loss_names=["critic_loss", "generator_loss"], save=save,
+        divergence=("critic/generator loss", "Try lower generator.lr"), batch_size=t.batch_size,
+        title=f"pretrain {recipe.name}", quiet=quiet, device=device,
+    )
     generator_step = GeneratorStep(generator, g_opt, d_opt, critic_steps=g.critic_steps,
                                    partner_momentum=g.partner_momentum, seed=t.seed, autocast=accelerator.autocast)
+    session.write_status("running", start_step)
+    if start_step == 0:
+        write_samples(0)
     generator.train()
     batches = None
-    with ProgressBar(run_steps, f"pretrain {recipe.name}", unit="img", rate_per_step=t.batch_size,
-                     enabled=not quiet, completed=start_step) as bar, StopRequest() as stop:
-        try:
-            for step in range(start_step, run_steps):
-                epoch, index = divmod(step, steps_per_epoch)
-                if batches is None or index == 0:
-                    batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch, start_batch=index)
-                # 3.-5. Critic step(s) on real vs. detached samples, the realism step (critic not updated),
-                #       the moving-average partner (synthcl.training.step).
-                losses = generator_step(step, next(batches)[0])
+    with session:
+        for step in range(start_step, run_steps):
+            epoch, index = divmod(step, steps_per_epoch)
+            if batches is None or index == 0:
+                batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch, start_batch=index)
+            # 3.-5. Critic step(s) on real vs. detached samples, the realism step (critic not updated), the
+            #       moving-average partner (synthcl.training.step).
+            losses = generator_step(step, next(batches)[0])
 
-                # 6. Bookkeeping, grids and checkpoints.
-                newly_bad = (~torch.isfinite(losses).all()) & (bad_step < 0)
-                bad_step = torch.where(newly_bad, step + 1, bad_step)
-                bad_values = torch.where(newly_bad, losses, bad_values)
-                sums += torch.nan_to_num(losses)
-                interval_steps += 1
-                done = step + 1
-                if done % t.log_every == 0 or done == run_steps:
-                    check_divergence()
-                    now = time.perf_counter()
-                    row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
-                           "critic_loss": float(sums[0]) / interval_steps,
-                           "generator_loss": float(sums[1]) / interval_steps,
-                           "images_per_s": interval_steps * t.batch_size / (now - interval_start),
-                           "elapsed_s": now - run_start}
-                    metrics.write(row)
-                    bar.update(done, d_loss=row["critic_loss"], g_loss=row["generator_loss"])
-                    sums.zero_()
-                    interval_start, interval_steps = now, 0
-                if done % g.sample_every == 0 or done == run_steps:
-                    check_divergence()
-                    write_samples(done)
-                if done % t.checkpoint_every == 0 or done == run_steps:
-                    check_divergence()
-                    checkpoint_now(done)
-                    last_good = done
-                    write_status("running", done)
-                if stop.requested:
-                    check_divergence()
-                    checkpoint_now(done)
-                    write_status("interrupted", done)
-                    raise RunInterrupted(
-                        f"interrupted after step {done}; continue with: synthcl train ... --out {run_dir} --resume"
-                    )
-        finally:
-            metrics.close()
+            # 6. Bookkeeping (synthcl.training.session), sample grids.
+            session.record(step, losses)
+            done = step + 1
+            if done % g.sample_every == 0 or done == run_steps:
+                session.check_divergence()
+                write_samples(done)
+            session.end_step(done, progress=lambda r: {"d_loss": r["critic_loss"], "g_loss": r["generator_loss"]})
 
     # 7. Export the generator (with its partner) in save_pretrained format.
     generator.save_pretrained(run_dir / EXPORT)
-    write_status("completed", run_steps)
+    session.write_status("completed", run_steps)
     return run_dir
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,10 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps
-from synthcl.errors import ConfigError, DataError, TrainingDiverged
+from synthcl.errors import ConfigError, DataError
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_json, atomic_write_text
-from synthcl.progress import ProgressBar
-from synthcl.rundir import LAST, RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.rundir import RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
 from synthcl.training.build import (
     build_augment,
     build_learner,
@@ -28,7 +26,7 @@ from synthcl.training.build import (
 )
 from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint
 from synthcl.training.optim import build_optimizer, build_scheduler
-from synthcl.training.session import METRIC_COLUMNS, MetricsLog, RunInterrupted, StopRequest
+from synthcl.training.session import METRIC_COLUMNS, RunSession
 from synthcl.training.step import LearnerStep
 
 
@@ -148,11 +146,7 @@ def train(
         "synthcl_version": __version__,
     }
 
-    def write_status(status: str, step: int, **extra: Any) -> None:
-        if main:
-            atomic_write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "total_steps": run_steps, **info, **extra})
-
-    def checkpoint_now(step: int) -> None:
+    def save(step: int) -> None:
         if main:
             state = {"optimizer": optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "step": step}
@@ -164,109 +158,58 @@ def train(
                             extra=extra_modules)
         accelerator.wait_for_everyone()
 
-    write_status("running", start_step)
-    columns = METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else [])
-    metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
+    session = RunSession(
+        run_dir, info, run_steps=run_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
+        log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+        columns=METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else []), loss_names=["loss"], save=save,
+        divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
+        title=f"train {recipe.name}", quiet=quiet, main=main, device=device,
+        reduce=(lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None,
+        failure=(lambda: synth.failure) if synth is not None else None,
+    )
     learner_step = LearnerStep(
         learner, unwrapped, optimizer, scheduler, augment, synth, seed=t.seed, global_batch=t.batch_size,
         total_steps=total_steps, views_per_image=recipe.augment.views, channels_last=t.channels_last,
         grad_clip=o.grad_clip, rank=rank, world=world, backward=accelerator.backward, clip=accelerator.clip_grad_norm_,
     )
-    loss_sum = torch.zeros((), device=device)
-    bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    bad_loss = torch.zeros((), device=device)
-    interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
-    last_good = start_step
 
-    def check_divergence() -> None:
-        if synth is not None and synth.failure is not None:
-            write_status("diverged", last_good, diverged_at=None)
-            where = f"{run_dir / 'checkpoints' / LAST} (step {last_good})" if last_good else "none yet"
-            raise TrainingDiverged(f"{synth.failure}; stopped. Last good checkpoint: {where}")
-        # One host sync per log/checkpoint interval rather than per step.
-        first = accelerator.reduce(bad_step.clone(), reduction="max") if world > 1 else bad_step
-        if int(first) >= 0:
-            write_status("diverged", last_good, diverged_at=int(first))
-            where = f"{run_dir / 'checkpoints' / LAST} (step {last_good})" if last_good else "none yet"
-            raise TrainingDiverged(
-                f"loss became {float(bad_loss):.4g} at step {int(first)}; stopped. "
-                f"Last good checkpoint: {where}. Try a lower optim.lr or set optim.grad_clip"
-            )
+    def row(done: int) -> dict[str, float]:
+        times = learner_step.times
+        learner_step.times = dict.fromkeys(times, 0.0)
+        out = {"lr": scheduler.get_last_lr()[0], "t_augment_s": times["augment"], "t_learner_s": times["learner"]}
+        if synth is not None:
+            out |= synthesis_row(synth, done, learner_step.features)
+        return out
 
-    def stop_agreed(requested: bool, done: int) -> bool:
-        # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
-        # others start the next step's all-reduce would hang. Processes agree at each log step.
-        if world == 1:
-            return requested
-        if done % t.log_every and done != run_steps:
-            return False
-        flag = torch.tensor(float(requested), device=device)
-        return bool(accelerator.reduce(flag, reduction="sum") > 0)
-
+    session.write_status("running", start_step)
     learner.train()
     batches = None
-    with ProgressBar(run_steps, f"train {recipe.name}", unit="img", rate_per_step=t.batch_size,
-                     enabled=main and not quiet, completed=start_step) as bar, StopRequest() as stop:
-        try:
-            for step in range(start_step, run_steps):
-                epoch, index = divmod(step, steps_per_epoch)
-                if batches is None or index == 0:
-                    batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch,
-                                             start_batch=index, rank=rank, world_size=world)
-                images, _ = next(batches)
+    with session:
+        for step in range(start_step, run_steps):
+            epoch, index = divmod(step, steps_per_epoch)
+            if batches is None or index == 0:
+                batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch,
+                                         start_batch=index, rank=rank, world_size=world)
+            images, _ = next(batches)
 
-                # 5.-9. Real and synthetic views, the learner update, momentum hooks, then the critic,
-                #       generator and partner updates with the learner frozen (synthcl.training.step).
-                detached = learner_step(step, images)
+            # 5.-9. Real and synthetic views, the learner update, momentum hooks, then the critic,
+            #       generator and partner updates with the learner frozen (synthcl.training.step).
+            loss = learner_step(step, images)
 
-                # 10. Bookkeeping without host syncs: divergence is flagged on the device.
-                newly_bad = (~torch.isfinite(detached)) & (bad_step < 0)
-                bad_step = torch.where(newly_bad, step + 1, bad_step)
-                bad_loss = torch.where(newly_bad, detached, bad_loss)
-                loss_sum += torch.nan_to_num(detached)
-                interval_steps += 1
-                done = step + 1
-                if done % t.log_every == 0 or done == run_steps:
-                    check_divergence()
-                    mean_loss = accelerator.reduce(loss_sum, reduction="mean") if world > 1 else loss_sum
-                    now = time.perf_counter()
-                    row = {
-                        "step": done, "epoch": round(done / steps_per_epoch, 4),
-                        "loss": float(mean_loss) / interval_steps, "lr": scheduler.get_last_lr()[0],
-                        "images_per_s": interval_steps * t.batch_size / (now - interval_start),
-                        "elapsed_s": now - run_start,
-                        "t_augment_s": learner_step.times["augment"], "t_learner_s": learner_step.times["learner"],
-                    }
-                    learner_step.times = dict.fromkeys(learner_step.times, 0.0)
-                    if synth is not None:
-                        row |= synthesis_row(synth, done, learner_step.features)
-                    metrics.write(row)
-                    bar.update(done, loss=row["loss"], lr=row["lr"])
-                    loss_sum.zero_()
-                    interval_start, interval_steps = now, 0
-                if synth is not None and main and (done % recipe.synthesis.sample_every == 0 or done == run_steps):
-                    write_synthesis_grids(synth, run_dir, done)
-                if done % t.checkpoint_every == 0 or done == run_steps:
-                    check_divergence()
-                    checkpoint_now(done)
-                    last_good = done
-                    write_status("running", done)
-                if stop_agreed(stop.requested, done):
-                    check_divergence()
-                    checkpoint_now(done)
-                    write_status("interrupted", done)
-                    raise RunInterrupted(
-                        f"interrupted after step {done}; continue with: synthcl train ... --out {run_dir} --resume"
-                    )
-        finally:
-            metrics.close()
+            # 10. Bookkeeping without host syncs (divergence is flagged on the device): metrics, grids,
+            #     checkpoints, Ctrl-C (synthcl.training.session).
+            session.record(step, loss.reshape(1))
+            done = step + 1
+            if synth is not None and main and (done % recipe.synthesis.sample_every == 0 or done == run_steps):
+                write_synthesis_grids(synth, run_dir, done)
+            session.end_step(done, row, progress=lambda r: {"loss": r["loss"], "lr": r["lr"]})
 
     # 11. Export the backbone for evaluation (and the generator) and mark the run complete.
     if main:
         export_backbone(run_dir, unwrapped.backbone, {**info, "step": run_steps})
         if synth is not None:
             synth.generator.save_pretrained(run_dir / "generator")
-    write_status("completed", run_steps)
+    session.write_status("completed", run_steps)
     accelerator.wait_for_everyone()
     return run_dir
 

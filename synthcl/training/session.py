@@ -1,17 +1,25 @@
-"""What every training loop of a run shares around its steps: the metrics log, a clean stop on Ctrl-C and
-the per-step seeds that make a resumed run equal an uninterrupted one."""
+"""One run session, what every training loop of a run shares around its steps: the status file, the
+metrics log, progress, a clean stop on Ctrl-C, device-side divergence flags, the cadence of logs and
+checkpoints (:class:`RunSession`), and the per-step seeds that make a resumed run equal an uninterrupted
+one."""
 
 from __future__ import annotations
 
 import csv
 import io
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthcl.errors import SynthclError
-from synthcl.io import atomic_write_text
-from synthcl.rundir import METRICS_FILE
+import torch
+from torch import Tensor
+
+from synthcl.errors import SynthclError, TrainingDiverged
+from synthcl.io import atomic_write_json, atomic_write_text
+from synthcl.progress import ProgressBar
+from synthcl.rundir import LAST, METRICS_FILE, STATUS_FILE
 
 # t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
 # synchronisation, this is the time to issue the work).
@@ -87,3 +95,133 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+class RunSession:
+    """The bookkeeping of one run around its steps, shared by the learner loop and generator pretraining:
+    the status file, the metrics log, the progress bar, Ctrl-C, device-side divergence flags, and when to
+    log, checkpoint and stop.
+
+    A loop calls :meth:`record` after every step with that step's losses (on the device, no host sync)
+    and :meth:`end_step` after it; divergence is checked at log and checkpoint steps only.
+
+    Args:
+        run_dir: the run directory.
+        info: what ``run.json`` and checkpoints say about the run besides its status and step.
+        run_steps: the step the run stops at; start_step: the step it starts from (resume).
+        steps_per_epoch: for the ``epoch`` column.
+        log_every, checkpoint_every: the recipe's cadences.
+        columns: metrics.csv's columns.
+        loss_names: the columns of the recorded losses, in order.
+        save: ``save(step)`` writes a checkpoint (every process calls it; it writes on the main one).
+        divergence: ``(label, hint)`` of the one-line divergence error, e.g. ``("loss", "Try a lower optim.lr")``.
+        batch_size: images per step (throughput); title: the progress bar's; quiet: no bar.
+        main: whether this process writes files; reduce: ``reduce(tensor, op)`` across processes (None:
+            one process).
+        failure: a divergence found elsewhere (the synthesizer's monitor), checked first: its message or None.
+    """
+
+    def __init__(self, run_dir: Path, info: dict[str, Any], *, run_steps: int, start_step: int, steps_per_epoch: int,
+                 log_every: int, checkpoint_every: int, columns: list[str], loss_names: list[str],
+                 save: Callable[[int], None], divergence: tuple[str, str], batch_size: int, title: str,
+                 quiet: bool, main: bool = True, reduce: Callable[[Tensor, str], Tensor] | None = None,
+                 failure: Callable[[], str | None] | None = None, device: torch.device | str = "cpu") -> None:
+        self.run_dir, self.info = run_dir, info
+        self.run_steps, self.start_step, self.steps_per_epoch = run_steps, start_step, steps_per_epoch
+        self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        self.loss_names, self.save, self.divergence = loss_names, save, divergence
+        self.main, self.reduce, self.failure = main, reduce, failure
+        self.last_good = start_step
+        self.metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
+        self.bar = ProgressBar(run_steps, title, unit="img", rate_per_step=batch_size, enabled=main and not quiet,
+                               completed=start_step)
+        self.stop = StopRequest()
+        self.batch_size = batch_size
+        self._sums = torch.zeros(len(loss_names), device=device)
+        self._bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self._bad_values = torch.zeros(len(loss_names), device=device)
+        self._interval_start = self._run_start = time.perf_counter()
+        self._interval_steps = 0
+
+    def __enter__(self) -> RunSession:
+        self.bar.__enter__()
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.metrics.close()
+        self.stop.__exit__(*exc)
+        self.bar.__exit__(*exc)
+
+    def write_status(self, status: str, step: int, **extra: Any) -> None:
+        if self.main:
+            atomic_write_json(self.run_dir / STATUS_FILE,
+                              {"status": status, "step": step, "total_steps": self.run_steps, **self.info, **extra})
+
+    def record(self, step: int, losses: Tensor) -> None:
+        """Add a step's losses (1-D, on the device) to the interval; flag the first non-finite one."""
+        newly_bad = (~torch.isfinite(losses).all()) & (self._bad_step < 0)
+        self._bad_step = torch.where(newly_bad, step + 1, self._bad_step)
+        self._bad_values = torch.where(newly_bad, losses, self._bad_values)
+        self._sums += torch.nan_to_num(losses)
+        self._interval_steps += 1
+
+    def where(self) -> str:
+        return f"{self.run_dir / 'checkpoints' / LAST} (step {self.last_good})" if self.last_good else "none yet"
+
+    def check_divergence(self) -> None:
+        """One host sync: raise if any step since the start recorded a non-finite loss (or ``failure`` says so)."""
+        message = self.failure() if self.failure else None
+        if message is not None:
+            self.write_status("diverged", self.last_good, diverged_at=None)
+            raise TrainingDiverged(f"{message}; stopped. Last good checkpoint: {self.where()}")
+        first = self.reduce(self._bad_step.clone(), "max") if self.reduce else self._bad_step
+        if int(first) >= 0:
+            self.write_status("diverged", self.last_good, diverged_at=int(first))
+            label, hint = self.divergence
+            values = "/".join(f"{float(v):.4g}" for v in self._bad_values)
+            raise TrainingDiverged(f"{label} became {values} at step {int(first)}; stopped. "
+                                   f"Last good checkpoint: {self.where()}. {hint}")
+
+    def log_due(self, done: int) -> bool:
+        return done % self.log_every == 0 or done == self.run_steps
+
+    def end_step(self, done: int, row: Callable[[int], dict[str, float]] | None = None,
+                 progress: Callable[[dict[str, float]], dict[str, float]] | None = None) -> None:
+        """After step ``done``: the metrics row (the mean losses, throughput and ``row(done)``) at log steps,
+        a checkpoint at checkpoint steps, and on Ctrl-C a checkpoint and :class:`RunInterrupted`."""
+        if self.log_due(done):
+            self.check_divergence()
+            sums = self.reduce(self._sums, "mean") if self.reduce else self._sums
+            now = time.perf_counter()
+            values = {"step": done, "epoch": round(done / self.steps_per_epoch, 4)}
+            values |= {name: float(sums[i]) / self._interval_steps for i, name in enumerate(self.loss_names)}
+            values |= {"images_per_s": self._interval_steps * self.batch_size / (now - self._interval_start),
+                       "elapsed_s": now - self._run_start}
+            values |= row(done) if row is not None else {}
+            self.metrics.write(values)
+            self.bar.update(done, **(progress(values) if progress else {}))
+            self._sums.zero_()
+            self._interval_start, self._interval_steps = now, 0
+        if done % self.checkpoint_every == 0 or done == self.run_steps:
+            self.check_divergence()
+            self.save(done)
+            self.last_good = done
+            self.write_status("running", done)
+        if self._stop_agreed(done):
+            self.check_divergence()
+            self.save(done)
+            self.write_status("interrupted", done)
+            raise RunInterrupted(
+                f"interrupted after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
+            )
+
+    def _stop_agreed(self, done: int) -> bool:
+        # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
+        # others start the next step's all-reduce would hang. Processes agree at each log step.
+        if self.reduce is None:
+            return self.stop.requested
+        if not self.log_due(done):
+            return False
+        flag = torch.tensor(float(self.stop.requested), device=self._sums.device)
+        return bool(self.reduce(flag, "sum") > 0)
