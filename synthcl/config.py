@@ -382,6 +382,10 @@ def validate(recipe: Recipe) -> None:
     from synthcl import registry  # late: registering the built-ins imports torch modules
 
     registry.load_builtins()
+    _check(isinstance(recipe.name, str) and recipe.name not in ("", ".", "..") and not any(c in recipe.name for c in "/\\")
+           and not recipe.name.startswith("."),
+           f"name: {recipe.name!r} must be a plain folder name (the default run directory is runs/<name>): "
+           "no '/', '\\', and not starting with '.'")
     d, a, m, o, t, e = recipe.data, recipe.augment, recipe.model, recipe.optim, recipe.train, recipe.eval
     _check(0.0 < d.fraction <= 1.0, f"data.fraction must be in (0, 1], got {d.fraction}")
     _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")

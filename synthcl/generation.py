@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from synthcl.errors import RunDirError
+from synthcl.errors import ConfigError, RunDirError
 from synthcl.interfaces import Generator
 from synthcl.viz import save_pair_ladder, save_sample_grid
 
@@ -46,9 +46,32 @@ def _from_checkpoint(run_dir: Path) -> Generator:
     return generator.eval()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_target(out: str | Path) -> Path:
+    """``out`` as the PNG file to write: it must end in ``.png``, and an existing file there must be a PNG
+    (a run's weights or any other file are never replaced by a picture).
+
+    Raises:
+        ConfigError: otherwise, naming the file.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {out}")
+    if out.exists():
+        if not out.is_file():
+            raise ConfigError(f"--out {out} is a folder, not a file")
+        with open(out, "rb") as fh:
+            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise ConfigError(f"--out {out} exists and is not a PNG; it is left as it is: choose another --out")
+    return out
+
+
 @torch.no_grad()
 def write_samples(run: str | Path, out: str | Path, *, n: int = 64, seed: int = 0) -> Path:
     """Write a grid of ``n`` samples of the run's generator to ``out`` (PNG)."""
+    out = check_png_target(out)
     generator = load_generator(run)
     images = generator(generator.sample_latents(n, torch.Generator().manual_seed(seed)))
     return save_sample_grid(images, out)
@@ -59,6 +82,7 @@ def write_pair_ladder(run: str | Path, out: str | Path, *, n: int = 8, max_hardn
                       rungs: int = 5, seed: int = 0) -> Path:
     """Write ``n`` rows of positive pairs (generator, partner) at ``rungs`` hardness levels from 0 to
     ``max_hardness``: each row keeps its latent, so the pair drifts apart from left to right."""
+    out = check_png_target(out)
     generator = load_generator(run)
     z = generator.sample_latents(n, torch.Generator().manual_seed(seed))
     levels = [max_hardness * i / max(1, rungs - 1) for i in range(rungs)]

@@ -7,8 +7,11 @@ generation and reports read it through this module alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from synthcl.config import Recipe, read_run_recipe, recipe_to_dict
@@ -19,6 +22,13 @@ METRICS_FILE = "metrics.csv"
 STATUS_FILE = "run.json"
 LAST = "last"
 """The checkpoint a run resumes from: ``checkpoints/last``."""
+LOCK_FILE = ".lock"
+# What a run writes into its directory: --overwrite removes these, and refuses a folder that holds anything
+# else (a file of the user's is never deleted).
+RUN_ENTRIES = frozenset({RECIPE_FILE, STATUS_FILE, METRICS_FILE, LOCK_FILE, "checkpoints", "tensorboard",
+                         "backbone.safetensors", "backbone.json", "generator", "generator-pretrain", "samples",
+                         "pairs", "report"})
+RUN_PATTERNS = ("eval*.json", "eval*.png")
 # Keys that may change when a run is resumed: they do not alter the computation up to the stop.
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
 
@@ -41,7 +51,10 @@ def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> l
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Recipe:
-    """Create, refuse, or reopen a run directory; return the recipe the run uses.
+    """Create, refuse, or reopen a run directory and lock it for this process; return the recipe the run uses.
+
+    With ``overwrite``, nothing is deleted here: :func:`clear_old_run` removes the old run's files once the
+    new run has its data and model.
 
     Raises:
         RunDirError: if the directory holds a run and neither ``resume`` nor ``overwrite`` is set, if it
@@ -60,19 +73,111 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
                 f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); "
                 "resume with the run's own recipe"
             )
+        acquire_lock(run_dir)
         return recipe
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output path {run_dir} is a file, not a directory")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE or _held_by_another(p) for p in run_dir.iterdir()):
         if not is_run_dir(run_dir):
+            owner = _lock_owner(run_dir / LOCK_FILE)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {owner}); "
+                                  "wait for it to finish or choose another --out")
             raise RunDirError(f"output directory {run_dir} exists and is not empty; choose another --out")
         if not overwrite:
             raise RunDirError(
                 f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
-        shutil.rmtree(run_dir)
+        foreign = sorted(p.name for p in run_dir.iterdir() if not _is_run_entry(p))
+        if foreign:
+            raise RunDirError(
+                f"{run_dir} holds files that are not the run's ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); move them before --overwrite, or choose another --out"
+            )
+        # The old run is removed by clear_old_run, once the new one has its data and model: a run that
+        # fails before that (missing data, a bad option) leaves the old run as it was.
     run_dir.mkdir(parents=True, exist_ok=True)
+    acquire_lock(run_dir)
     return recipe
+
+
+def _is_run_entry(path: Path) -> bool:
+    return path.name in RUN_ENTRIES or any(path.match(p) for p in RUN_PATTERNS)
+
+
+def clear_old_run(run_dir: Path) -> None:
+    """Remove what an earlier run wrote into ``run_dir`` (``--overwrite``), keeping the lock of this one."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE or not _is_run_entry(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def acquire_lock(run_dir: Path) -> None:
+    """Take ``run_dir/.lock`` for this process: a second ``synthcl train`` into the same folder stops with
+    one line instead of silently replacing the first. A lock whose process is gone (a crash, a kill) or
+    that this process left behind is taken over; :func:`release_lock` gives it back.
+
+    Raises:
+        RunDirError: if a live process holds it.
+    """
+    path = run_dir / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {owner}); "
+                                  "wait for it to finish or choose another --out") from None
+            path.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return
+    raise RunDirError(f"cannot lock {run_dir}: another process keeps creating {LOCK_FILE}")
+
+
+def release_lock(run_dir: Path) -> None:
+    """Give ``run_dir/.lock`` back if this process holds it."""
+    path = run_dir / LOCK_FILE
+    if _lock_owner(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def lock_released_on_error(run_dir: Path) -> Iterator[None]:
+    """Give the lock of ``run_dir`` back if the block raises (a failed or interrupted run)."""
+    try:
+        yield
+    except BaseException:
+        release_lock(run_dir)
+        raise
+
+
+def _held_by_another(path: Path) -> bool:
+    owner = _lock_owner(path)
+    return owner is not None and owner != os.getpid() and _alive(owner)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def resumable_checkpoint(run_dir: Path) -> Path | None:

@@ -18,7 +18,15 @@ from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
 from synthcl.errors import ConfigError, DataError
 from synthcl.io import atomic_write_json, atomic_write_text
-from synthcl.rundir import RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.rundir import (
+    RECIPE_FILE,
+    STATUS_FILE,
+    clear_old_run,
+    lock_released_on_error,
+    prepare_run_dir,
+    release_lock,
+    resumable_checkpoint,
+)
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint
 from synthcl.training.session import RunInterrupted, RunSession
@@ -56,6 +64,8 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     g_opt = torch.optim.Adam(generator.generator_parameters(), lr=g.lr, betas=tuple(g.betas))
     critic_params = list(generator.critic_parameters())
     d_opt = torch.optim.Adam(critic_params, lr=g.critic_lr, betas=tuple(g.betas)) if critic_params else None
+    if overwrite:
+        clear_old_run(run_dir)  # only now: data and generator are built, so a bad run leaves the old one as it was
 
     # 2. Resume.
     start_step = 0
@@ -122,6 +132,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     # 7. Export the generator (with its partner) in save_pretrained format.
     generator.save_pretrained(run_dir / EXPORT)
     session.write_status("completed", run_steps)
+    release_lock(run_dir)
     return run_dir
 
 
@@ -157,8 +168,9 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
     folder = run_dir / PRETRAIN_DIR
     if _read_status(folder / STATUS_FILE) != "completed" or not (folder / EXPORT / "config.json").is_file():
         try:
-            train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
-                            overwrite=False, quiet=quiet)
+            with lock_released_on_error(folder):
+                train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
+                                overwrite=False, quiet=quiet)
         except RunInterrupted:
             atomic_write_json(run_dir / STATUS_FILE, {"status": "interrupted", "step": 0})
             raise RunInterrupted(

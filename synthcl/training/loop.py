@@ -14,7 +14,15 @@ from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, s
 from synthcl.errors import ConfigError, DataError
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_json, atomic_write_text
-from synthcl.rundir import RECIPE_FILE, STATUS_FILE, prepare_run_dir, resumable_checkpoint
+from synthcl.rundir import (
+    RECIPE_FILE,
+    STATUS_FILE,
+    clear_old_run,
+    lock_released_on_error,
+    prepare_run_dir,
+    release_lock,
+    resumable_checkpoint,
+)
 from synthcl.training.build import (
     build_augment,
     build_learner,
@@ -60,10 +68,15 @@ def train(
     elif overrides:
         recipe = recipe_from_dict(_override_dict(recipe, overrides))
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
-    if recipe.stage == "generator":
-        from synthcl.training.generator_loop import train_generator
+    with lock_released_on_error(run_dir):  # a run that stops on an error leaves the folder free
+        if recipe.stage == "generator":
+            from synthcl.training.generator_loop import train_generator
 
-        return train_generator(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+            return train_generator(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+        return _train_learner(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
     t, o = recipe.train, recipe.optim
 
     # 1b. The generator's warm-up inside the run (generator.pretrain_steps): generator-only steps before
@@ -73,6 +86,9 @@ def train(
         from synthcl.training.generator_loop import pretrain_in_run
 
         recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+        if overwrite:
+            load_train_source(recipe)  # the data must be there before the old run goes
+            clear_old_run(run_dir)
         if not resume:
             atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
             atomic_write_json(run_dir / STATUS_FILE, {"status": "pretraining generator", "step": 0})
@@ -110,6 +126,8 @@ def train(
     scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
     synth = build_synthesizer(build_recipe, source, device, total_steps)
     extra_modules = {"generator": synth.generator} if synth is not None else None
+    if main and overwrite:
+        clear_old_run(run_dir)  # only now: data and model are built, so a bad run leaves the old one as it was
 
     # 4. Resume: weights, optimizer and schedule from checkpoints/last.
     start_step = 0
@@ -210,6 +228,8 @@ def train(
         if synth is not None:
             synth.generator.save_pretrained(run_dir / "generator")
     session.write_status("completed", run_steps)
+    if main:
+        release_lock(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
 

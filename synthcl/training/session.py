@@ -153,6 +153,7 @@ class RunSession:
         self.stop.__exit__(*exc)
         self.bar.__exit__(*exc)
 
+
     def write_status(self, status: str, step: int, **extra: Any) -> None:
         if self.main:
             atomic_write_json(self.run_dir / STATUS_FILE,

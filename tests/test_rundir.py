@@ -1,0 +1,102 @@
+"""The run directory under careless or hostile use: --overwrite never deletes a user's file nor the old run
+before the new one can start, a second process cannot write into a run in use, `generate` never replaces a
+run's weights, and a recipe's name cannot point the run outside runs/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_cli import assert_one_line_error, run_cli, tree_digest
+
+from synthcl.config import load_recipe
+from synthcl.errors import ConfigError, RunDirError
+from synthcl.rundir import LOCK_FILE, acquire_lock, prepare_run_dir, release_lock
+from synthcl.training import train
+
+
+def test_overwrite_refuses_a_folder_that_holds_a_users_file(tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    recipe = tiny_recipe_file()
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    (run / "thesis.tex").write_text("two years of work")
+    before = tree_digest(run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "--overwrite", "-q")
+    assert_one_line_error(code, err, "holds files that are not the run's (thesis.tex)")
+    assert tree_digest(run) == before
+
+
+def test_overwrite_that_fails_before_training_leaves_the_old_run(tmp_path, one_thread, tiny_recipe_file, monkeypatch,
+                                                                 capsys):
+    recipe = tiny_recipe_file()
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "data.dataset=cifar10",
+                           f"data.root={tmp_path / 'nonexistent'}", "--out", str(run), "--overwrite", "-q")
+    assert code == 2 and "Traceback" not in err
+    assert tree_digest(run) == before  # the old run, whole
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "--overwrite", "-q")[0] == 0
+    assert not (run / LOCK_FILE).exists()  # a finished run gives its lock back
+
+
+def test_a_run_in_use_by_a_live_process_is_refused_and_a_stale_lock_is_taken_over(tmp_path, one_thread, tiny_recipe):
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_FILE).write_text(str(sleeper.pid))
+        with pytest.raises(RunDirError, match=rf"being written by another synthcl process \(pid {sleeper.pid}\)"):
+            train(tiny_recipe(), out=run, quiet=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same pid, its process gone: a crashed run's lock, taken over
+    assert train(tiny_recipe(), out=run, quiet=True) == run
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_the_lock_is_exclusive_between_processes(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    acquire_lock(run)
+    try:
+        code = f"from synthcl.rundir import acquire_lock; from pathlib import Path; acquire_lock(Path({str(run)!r}))"
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
+    finally:
+        release_lock(run)
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_new_run_being_written_is_not_an_empty_folder(tmp_path, tiny_recipe):
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_FILE).write_text(str(sleeper.pid))
+        with pytest.raises(RunDirError, match="being written by another synthcl process"):
+            prepare_run_dir(run, tiny_recipe(), resume=False, overwrite=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("target", ["backbone.safetensors", "recipe.yaml", "grid.jpg"])
+def test_generate_never_replaces_a_file_that_is_not_a_png(tmp_path, target, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "backbone.safetensors").write_bytes(b"weights")
+    (run / "recipe.yaml").write_text("name: x\n")
+    before = tree_digest(run)
+    code, _, err = run_cli(monkeypatch, capsys, "generate", str(run), "--out", str(run / target))
+    assert_one_line_error(code, err, "--out")
+    assert tree_digest(run) == before
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", ".hidden", "a/b"])
+def test_a_recipe_name_cannot_point_outside_runs(name):
+    with pytest.raises(ConfigError, match="must be a plain folder name"):
+        load_recipe("quickstart", [f"name={name}"])
