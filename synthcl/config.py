@@ -373,6 +373,17 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """No NaN or infinity anywhere in the recipe (they pass every range check and fail later)."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            _check(not (isinstance(v, float) and not math.isfinite(v)), f"{key} must be a finite number, got {value}")
+
+
 def validate(recipe: Recipe) -> None:
     """Value checks that types cannot express, and registry names.
 
@@ -382,6 +393,7 @@ def validate(recipe: Recipe) -> None:
     from synthcl import registry  # late: registering the built-ins imports torch modules
 
     registry.load_builtins()
+    _check_finite(recipe)
     _check(isinstance(recipe.name, str) and recipe.name not in ("", ".", "..") and not any(c in recipe.name for c in "/\\")
            and not recipe.name.startswith("."),
            f"name: {recipe.name!r} must be a plain folder name (the default run directory is runs/<name>): "
@@ -413,13 +425,20 @@ def validate(recipe: Recipe) -> None:
            f"model.momentum and model.momentum_final must satisfy 0 <= momentum <= momentum_final <= 1, "
            f"got {m.momentum} and {m.momentum_final}")
     _check(m.queue_size >= 1, f"model.queue_size must be >= 1, got {m.queue_size}")
+    for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
+        _check(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    _check(len(o.betas) == 2, f"optim.betas must be [beta1, beta2], got {o.betas}")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+           f"optim.betas must be [beta1, beta2], each in [0, 1), got {o.betas}")
+    _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _check(o.min_lr >= 0, f"optim.min_lr must be >= 0, got {o.min_lr}")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
     _check(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0, got {o.grad_clip}")
     _check(t.batch_size >= 2, f"train.batch_size must be >= 2, got {t.batch_size}")
+    _check(0 <= t.seed < 2**63, f"train.seed must be in [0, 2**63), got {t.seed}")
+    _check(0 <= d.fraction_seed < 2**63, f"data.fraction_seed must be in [0, 2**63), got {d.fraction_seed}")
     _check(t.epochs is None or t.steps is None,
            f"train.epochs ({t.epochs}) and train.steps ({t.steps}) exclude each other; set one of them")
     _check(t.epochs is None or t.epochs > 0, f"train.epochs must be > 0, got {t.epochs}")
@@ -428,12 +447,18 @@ def validate(recipe: Recipe) -> None:
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     _check(e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}")
+    _check(e.linear_lr > 0, f"eval.linear_lr must be > 0, got {e.linear_lr}")
+    _check(e.linear_batch_size >= 1 and e.batch_size >= 1,
+           f"eval.linear_batch_size and eval.batch_size must be >= 1, got {e.linear_batch_size}, {e.batch_size}")
+    _check(e.linear_weight_decay >= 0, f"eval.linear_weight_decay must be >= 0, got {e.linear_weight_decay}")
+    _check(e.knn_temperature > 0, f"eval.knn_temperature must be > 0, got {e.knn_temperature}")
     _check(e.linear_epochs >= 1, f"eval.linear_epochs must be >= 1, got {e.linear_epochs}")
     _check(0 < e.few_label_fraction <= 1, f"eval.few_label_fraction must be in (0, 1], got {e.few_label_fraction}")
     _check(e.few_label_seeds >= 1, f"eval.few_label_seeds must be >= 1, got {e.few_label_seeds}")
     g = recipe.generator
     _check(g.lr > 0 and g.critic_lr > 0, f"generator.lr and generator.critic_lr must be > 0, got {g.lr}, {g.critic_lr}")
-    _check(len(g.betas) == 2, f"generator.betas must be [beta1, beta2], got {g.betas}")
+    _check(len(g.betas) == 2 and all(0 <= b < 1 for b in g.betas),
+           f"generator.betas must be [beta1, beta2], each in [0, 1), got {g.betas}")
     _check(g.critic_steps >= 1, f"generator.critic_steps must be >= 1, got {g.critic_steps}")
     _check(0.0 <= g.partner_momentum <= 1.0, f"generator.partner_momentum must be in [0, 1], got {g.partner_momentum}")
     _check(g.sample_every >= 1 and g.samples >= 1, "generator.sample_every and generator.samples must be >= 1")
@@ -444,6 +469,7 @@ def validate(recipe: Recipe) -> None:
     _check(sy.ratio > 0, f"synthesis.ratio must be > 0, got {sy.ratio}")
     _check(sy.warmup_steps >= 0, f"synthesis.warmup_steps must be >= 0, got {sy.warmup_steps}")
     _check(sy.generator_every >= 1, f"synthesis.generator_every must be >= 1, got {sy.generator_every}")
+    _check(sy.sample_every >= 1, f"synthesis.sample_every must be >= 1, got {sy.sample_every}")
     _check(sy.lambda_hard >= 0 and sy.lambda_real >= 0, "synthesis.lambda_hard and synthesis.lambda_real must be >= 0")
     _check(0 <= sy.hardness <= sy.hardness_cap and 0 <= sy.hardness_final,
            f"synthesis.hardness must be in [0, hardness_cap], got {sy.hardness} (cap {sy.hardness_cap})")

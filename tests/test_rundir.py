@@ -100,3 +100,12 @@ def test_generate_never_replaces_a_file_that_is_not_a_png(tmp_path, target, monk
 def test_a_recipe_name_cannot_point_outside_runs(name):
     with pytest.raises(ConfigError, match="must be a plain folder name"):
         load_recipe("quickstart", [f"name={name}"])
+
+
+@pytest.mark.parametrize("override", ["model.width=100000", "train.epochs=inf", "optim.betas=[2,3]",
+                                      "train.seed=99999999999999999999", "eval.linear_lr=nan", "synthesis.sample_every=0"])
+def test_values_that_used_to_crash_later_get_one_line(tmp_path, one_thread, tiny_recipe_file, override, monkeypatch,
+                                                       capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), override, "--out", str(tmp_path / "r"),
+                           "-q")
+    assert_one_line_error(code, err, override.split("=")[0] if "width" not in override else "out of memory")

@@ -291,3 +291,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except (MemoryError, RuntimeError) as err:  # sizes that cannot be allocated: one line, not a traceback
+        text = str(err)
+        if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text.lower():
+            raise
+        typer.echo("error: out of memory (a size in the recipe is too large for this machine: batch, image size, "
+                   "model width, synthesis.ratio)", err=True)
+        sys.exit(EXIT_USER_ERROR)
