@@ -109,3 +109,63 @@ def test_values_that_used_to_crash_later_get_one_line(tmp_path, one_thread, tiny
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), override, "--out", str(tmp_path / "r"),
                            "-q")
     assert_one_line_error(code, err, override.split("=")[0] if "width" not in override else "out of memory")
+
+
+def _finished(tmp_path, tiny_recipe_file, monkeypatch, capsys):
+    run = tmp_path / "run"
+    recipe = tiny_recipe_file(train={"max_steps": 4, "checkpoint_every": 2})
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "train.max_steps=2", "-q")[0] == 0
+    return run, recipe
+
+
+@pytest.mark.parametrize("damage", ["meta-step", "state-entries", "metrics"])
+def test_damaged_run_files_get_one_line_on_resume(tmp_path, one_thread, tiny_recipe_file, damage, monkeypatch, capsys):
+    import json
+
+    import torch
+
+    run, recipe = _finished(tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    last = run / "checkpoints" / "last"
+    if damage == "meta-step":
+        meta = json.loads((last / "meta.json").read_text())
+        (last / "meta.json").write_text(json.dumps(meta | {"step": "two"}))
+    elif damage == "state-entries":
+        torch.save({"step": 2}, last / "state.pt")
+    else:
+        (run / "metrics.csv").write_text("step,loss\nabc,1\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "--resume", "-q")
+    assert_one_line_error(code, err, str(run))
+
+
+def test_damaged_backbone_description_gets_one_line(tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    import json
+
+    run, _ = _finished(tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    info = json.loads((run / "backbone.json").read_text())
+    (run / "backbone.json").write_text(json.dumps(info | {"options": {"width": "wide"}}))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "-q")
+    assert_one_line_error(code, err, "backbone description")
+    (run / "backbone.json").write_text(json.dumps(info | {"step": "late"}))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "-q")
+    assert_one_line_error(code, err, "not a whole number")
+
+
+@pytest.mark.parametrize("body", ["def broken(:\n", "raise RuntimeError('no GPU here')\n"])
+def test_code_files_that_fail_to_import_get_one_line(tmp_path, body, tiny_recipe_file, monkeypatch, capsys):
+    code_file = tmp_path / "mine.py"
+    code_file.write_text(body)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--code", str(code_file), "-q",
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, f"--code {code_file}")
+
+
+def test_corrupt_gzip_body_gets_one_line(tmp_path, monkeypatch):
+    import gzip
+
+    from synthcl.data import load_dataset
+
+    good = gzip.compress(b"\0" * 64)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(good[:12] + b"\xff" * 20 + good[32:])
+    with pytest.raises(Exception) as err:
+        load_dataset("fashion-mnist", "train", root=str(tmp_path))
+    assert type(err.value).__name__ == "DataError" and "\n" not in str(err.value)

@@ -43,7 +43,16 @@ def load_code(paths: list[Path]) -> None:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SynthclError:
+            raise
+        except SyntaxError as err:
+            sys.modules.pop(spec.name, None)
+            _fail(f"--code {path}: syntax error at line {err.lineno}: {err.msg}")
+        except Exception as err:  # the user's file raised while being imported
+            sys.modules.pop(spec.name, None)
+            _fail(f"--code {path}: {type(err).__name__} while importing it: {str(err).splitlines()[0] if str(err) else ''}")
 
 
 CodeOption = Annotated[

@@ -8,6 +8,7 @@ import logging
 import math
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def _read_idx(folder: Path, stem: str) -> np.ndarray:
         raise DataError(f"missing {stem} (or {stem}.gz) in {folder}")
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:  # zlib.error: a corrupt compressed body
         raise DataError(f"cannot read '{path}': {error}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
         raise DataError(f"'{path}' is not an IDX file")

@@ -15,7 +15,7 @@ from torch import nn
 
 from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
-from synthcl.errors import CheckpointError, ConfigError, RunDirError
+from synthcl.errors import CheckpointError, ConfigError, RegistryError, RunDirError
 from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
 from synthcl.io import atomic_write_json
 from synthcl.nn.backbones import build_backbone
@@ -39,6 +39,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def _step(info: dict[str, Any], where: Path) -> int:
+    step = info.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointError(f"{where} is damaged: its step is {step!r}, not a whole number")
+    return step
+
+
 def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's backbone and load its weights (``init="random"``: same seed, no weights;
     ``init="pixels"``: no encoder at all, the standardised images flattened).
@@ -59,18 +66,23 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
     checkpoint = run_dir / "checkpoints" / LAST
     meta = _read_json(checkpoint / "meta.json")
     # A run resumed past its export has a newer checkpoint than backbone.safetensors: use the newest.
-    if export is not None and (meta is None or int(meta.get("step", 0)) <= int(export.get("step", 0))):
+    if export is not None and (meta is None or _step(meta, checkpoint) <= _step(export, run_dir / "backbone.json")):
         info, weights, prefix = export, run_dir / "backbone.safetensors", ""
     elif meta is not None:
         info, weights, prefix = meta, checkpoint / "weights.safetensors", "backbone."
     else:
         raise RunDirError(f"run {run_dir} has no checkpoint yet; train it further or resume it")
-    if "backbone" not in info or "options" not in info:
-        raise CheckpointError(f"{run_dir}: the backbone description is incomplete; retrain or resume the run")
+    described = (isinstance(info.get("backbone"), str) and isinstance(info.get("options"), dict)
+                 and isinstance(info.get("in_channels"), int) and isinstance(info.get("normalization"), dict))
+    if not described:
+        raise CheckpointError(f"{run_dir}: the backbone description is incomplete or damaged; retrain or resume the run")
     if init == "pixels":
         return nn.Flatten(), info
     torch.manual_seed(0)
-    backbone = build_backbone(info["backbone"], info["in_channels"], **info["options"])
+    try:
+        backbone = build_backbone(info["backbone"], info["in_channels"], **info["options"])
+    except (TypeError, ValueError, RegistryError) as err:
+        raise CheckpointError(f"{run_dir}: the backbone description is damaged ({err})") from None
     if init == "random":
         return backbone, info
     load_weights(backbone, weights, prefix)

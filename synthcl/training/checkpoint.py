@@ -10,10 +10,12 @@ Layout inside a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +79,24 @@ def load_checkpoint(path: Path, learner: nn.Module, extra: dict[str, nn.Module] 
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         meta = json.loads((path / "meta.json").read_text())
-        if not isinstance(meta, dict) or "step" not in meta:
-            raise ValueError("meta.json has no step")
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] < 0:
+            raise ValueError("meta.json has no step count")
+        if not isinstance(state, dict):
+            raise ValueError("state.pt holds no training state")
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
     return state, meta
+
+
+@contextlib.contextmanager
+def state_of(path: Path) -> Iterator[None]:
+    """Loading a checkpoint's training state into optimizers and schedules: a missing or wrong-typed entry
+    of ``state.pt`` becomes one :class:`CheckpointError` that names the checkpoint."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({detail}); retrain or resume from another") from None
 
 
 def export_backbone(run_dir: Path, backbone: nn.Module, info: dict[str, Any]) -> None:

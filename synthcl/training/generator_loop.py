@@ -28,7 +28,7 @@ from synthcl.rundir import (
     resumable_checkpoint,
 )
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
-from synthcl.training.checkpoint import load_checkpoint, save_checkpoint
+from synthcl.training.checkpoint import load_checkpoint, save_checkpoint, state_of
 from synthcl.training.session import RunInterrupted, RunSession
 from synthcl.training.step import GeneratorStep
 from synthcl.viz import save_sample_grid
@@ -71,10 +71,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     start_step = 0
     if resume and (found := resumable_checkpoint(run_dir)) is not None:
         state, meta = load_checkpoint(found, generator)
-        g_opt.load_state_dict(state["generator_optimizer"])
-        if d_opt is not None:
-            d_opt.load_state_dict(state["critic_optimizer"])
-        start_step = int(meta["step"])
+        with state_of(found):
+            g_opt.load_state_dict(state["generator_optimizer"])
+            if d_opt is not None:
+                d_opt.load_state_dict(state["critic_optimizer"])
+        start_step = meta["step"]
 
     atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     info: dict[str, Any] = {

@@ -32,7 +32,7 @@ from synthcl.training.build import (
     load_train_source,
     make_accelerator,
 )
-from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint
+from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint, state_of
 from synthcl.training.optim import build_optimizer, build_scheduler
 from synthcl.training.session import METRIC_COLUMNS, RunSession
 from synthcl.training.step import LearnerStep
@@ -133,13 +133,14 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     start_step = 0
     if resume and (found := resumable_checkpoint(run_dir)) is not None:
         state, meta = load_checkpoint(found, learner, extra_modules)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if synth is not None:
-            synth.load_state_dict(state["synthesis"])
-        if accelerator.scaler is not None and "grad_scaler" in state:
-            accelerator.scaler.load_state_dict(state["grad_scaler"])
-        start_step = int(meta["step"])
+        with state_of(found):
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if synth is not None:
+                synth.load_state_dict(state["synthesis"])
+            if accelerator.scaler is not None and "grad_scaler" in state:
+                accelerator.scaler.load_state_dict(state["grad_scaler"])
+        start_step = meta["step"]
 
     learner, optimizer = accelerator.prepare(learner, optimizer)
     unwrapped: ContrastiveLearner = accelerator.unwrap_model(learner)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from synthcl.errors import SynthclError, TrainingDiverged
+from synthcl.errors import RunDirError, SynthclError, TrainingDiverged
 from synthcl.io import atomic_write_json, atomic_write_text
 from synthcl.progress import ProgressBar
 from synthcl.rundir import LAST, METRICS_FILE, STATUS_FILE
@@ -46,8 +46,12 @@ class MetricsLog:
             return
         kept = []
         if self.path.is_file():
-            with open(self.path, newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
+            try:
+                with open(self.path, newline="") as fh:
+                    kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
+            except (KeyError, ValueError, TypeError, csv.Error):
+                raise RunDirError(f"{self.path} is damaged (a row without a whole step number); move it away to "
+                                  "resume without the earlier metrics") from None
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
