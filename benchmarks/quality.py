@@ -117,6 +117,7 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                        "recipe": recipe, "overrides": overrides, "key": key,
                        "train_s": round(time.perf_counter() - start, 1), **probe(out)}
                 done.write_text(json.dumps(row))
+                rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
 

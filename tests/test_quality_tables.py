@@ -69,3 +69,26 @@ def test_headroom_checks_both_conditions_on_the_primary_metric(quality):
         "- plain SimCLR on all images - on f=0.01 = +4.00 points (needs >= +3): met",
     ]
     assert quality.headroom(ROWS, {}, 0.01) == [lines[1]]  # no floor measured yet: that line is left out
+
+
+def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_path, monkeypatch):
+    """Training is faked: what matters is that a freshly trained run is returned (not only written) and
+    that a finished run is reused only under the same resolved-recipe key."""
+    import argparse
+
+    trained = []
+
+    def fake_train(recipe, out, overwrite, quiet, overrides):
+        trained.append((recipe, out.name))
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0, 1], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    first = quality.run_grid(args, tmp_path)
+    assert [r["seed"] for r in first] == [0, 1] and len(trained) == 2
+    again = quality.run_grid(args, tmp_path)
+    assert again == first and len(trained) == 2  # reused, not retrained
+    args.plain_set = ["train.steps=10"]
+    assert quality.run_grid(args, tmp_path)[0]["key"] != first[0]["key"] and len(trained) == 4
