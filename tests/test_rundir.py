@@ -169,3 +169,27 @@ def test_corrupt_gzip_body_gets_one_line(tmp_path, monkeypatch):
     with pytest.raises(Exception) as err:
         load_dataset("fashion-mnist", "train", root=str(tmp_path))
     assert type(err.value).__name__ == "DataError" and "\n" not in str(err.value)
+
+
+def test_a_full_disk_while_checkpointing_gets_one_line_and_keeps_the_last_checkpoint(tmp_path, one_thread,
+                                                                                      tiny_recipe_file, monkeypatch,
+                                                                                      capsys):
+    from synthcl.training import checkpoint, loop
+
+    recipe = tiny_recipe_file(train={"max_steps": 4, "checkpoint_every": 2})
+    run = tmp_path / "run"
+    original, calls = checkpoint.save_checkpoint, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", full_disk)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")
+    assert_one_line_error(code, err, "is the disk full?")
+    import json
+
+    assert json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["step"] == 2

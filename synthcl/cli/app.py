@@ -302,6 +302,10 @@ def main() -> None:
         sys.exit(130)
     except (MemoryError, RuntimeError) as err:  # sizes that cannot be allocated: one line, not a traceback
         text = str(err)
+        if "failed writing file" in text or "No space left" in text:  # torch.save on a full disk
+            typer.echo("error: writing a file failed (is the disk full?); the last complete checkpoint is kept",
+                       err=True)
+            sys.exit(EXIT_USER_ERROR)
         if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text.lower():
             raise
         typer.echo("error: out of memory (a size in the recipe is too large for this machine: batch, image size, "
