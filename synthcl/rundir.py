@@ -79,10 +79,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
         raise RunDirError(f"output path {run_dir} is a file, not a directory")
     if run_dir.exists() and any(p.name != LOCK_FILE or _held_by_another(p) for p in run_dir.iterdir()):
         if not is_run_dir(run_dir):
-            owner = _lock_owner(run_dir / LOCK_FILE)
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {owner}); "
-                                  "wait for it to finish or choose another --out")
+            _refuse_if_in_use(run_dir)
             raise RunDirError(f"output directory {run_dir} exists and is not empty; choose another --out")
         if not overwrite:
             raise RunDirError(
@@ -129,10 +126,7 @@ def acquire_lock(run_dir: Path) -> None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _lock_owner(path)
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {owner}); "
-                                  "wait for it to finish or choose another --out") from None
+            _refuse_if_in_use(run_dir)
             path.unlink(missing_ok=True)  # stale
             continue
         with os.fdopen(fd, "w") as fh:
@@ -156,6 +150,14 @@ def lock_released_on_error(run_dir: Path) -> Iterator[None]:
     except BaseException:
         release_lock(run_dir)
         raise
+
+
+def _refuse_if_in_use(run_dir: Path) -> None:
+    """Raise if a live process other than this one holds ``run_dir``'s lock."""
+    path = run_dir / LOCK_FILE
+    if _held_by_another(path):
+        raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {_lock_owner(path)}); "
+                          "wait for it to finish or choose another --out")
 
 
 def _held_by_another(path: Path) -> bool:
