@@ -103,7 +103,7 @@ class SynthclStep:
         self.channels_last = t.channels_last if channels_last is None else channels_last
         self.autocast = autocast
         self.device = torch.device("cpu")
-        self.augment = build_augment(r, data.source, data.mean, data.std)
+        self.augment = build_augment(r.augment, data.source, data.mean, data.std)
         torch.manual_seed(t.seed)
         self.learner = build_learner(r, data.source.channels)
         if self.channels_last:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe, markdown
 
-from synthcl.config import load_recipe, recipe_to_dict
+from synthcl.config import load_recipe, recipe_to_dict, uses_generator
 from synthcl.eval import evaluate_run
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
@@ -42,7 +42,7 @@ from synthcl.training.generator_loop import pretrain_recipe
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "fashion-mnist-scarce"
 JOINT = {"gan": "fashion-mnist-scarce-joint", "diffusion": "fashion-mnist-scarce-joint-diffusion"}
-MODES = ["none", "static", "hard-samples", "hard-pairs", "joint"]
+MODES = ["none", "static", "hard-samples", "hard-pairs", "joint", "static-pairs", "matched-views"]
 # metric -> (key in eval.json, table name)
 METRICS = {"few": ("linear_few_top1", "linear, 1% labels"), "knn": ("knn_top1", "kNN, all labels"),
            "linear": ("linear_top1", "linear, all labels")}
@@ -94,7 +94,7 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
     for fraction in args.fractions:
         for mode in args.modes:
             for seed in args.seeds:
-                gen = args.generator if mode != "none" else "-"
+                gen = args.generator if uses_generator(mode) else "-"
                 variant = args.variant if mode != "none" else "default"
                 recipe, overrides = run_spec(mode, gen, fraction, seed, args.set if mode != "none" else args.plain_set)
                 key = cache_key(recipe, overrides)
@@ -109,7 +109,7 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                     continue
                 start = time.perf_counter()
                 run_overrides = list(overrides)
-                if mode != "none":
+                if uses_generator(mode):
                     warm = warm_generator(recipe, overrides, runs)
                     run_overrides += [f"generator.pretrained={warm}", "generator.pretrain_steps=0"]
                 train(recipe, out=out, overwrite=True, quiet=True, overrides=run_overrides)
@@ -166,7 +166,7 @@ def warmup_fid(rows: list[dict], runs: Path, n: int) -> list[dict]:
 def label(row: dict) -> str:
     if row["mode"] == "none":
         return "none" if row.get("variant", "default") == "default" else f"none [{row['variant']}]"
-    name = row["mode"] if row["generator"] == "gan" else f"{row['mode']} ({row['generator']})"
+    name = row["mode"] if row["generator"] in ("gan", "-") else f"{row['mode']} ({row['generator']})"
     return name if row.get("variant", "default") == "default" else f"{name} [{row['variant']}]"
 
 
@@ -202,7 +202,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         if not name.startswith("joint"):
             continue
         for control in ("static", "matched-views"):
-            other = stats.get((f, name.replace("joint", control, 1)))
+            other = stats.get((f, name.replace("joint", control, 1))) or stats.get((f, control))
             if other is not None:
                 gap = mean - other[0]
                 lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): {'met' if gap > 0 else 'not met'}")
@@ -227,18 +227,21 @@ def paired(rows: list[dict], metric: str) -> list[str]:
         by_seed.setdefault((r["fraction"], label(r)), {})[r["seed"]] = r
     lines = []
     for (f, name), group in sorted(by_seed.items()):
-        none = by_seed.get((f, "none"), {})
-        seeds = sorted(set(group) & set(none))
-        if name == "none" or not seeds:
-            continue
-        d = [group[s][metric] - none[s][metric] for s in seeds]
-        sd = statistics.stdev(d) if len(d) > 1 else 0.0
-        mean = statistics.mean(d)
-        beyond = len(d) > 1 and mean > 2 * sd
-        verdict = ("target met" if mean >= 2.0 and beyond else
-                   "an effect (beyond 2 sd)" if beyond or (len(d) > 1 and mean < -2 * sd) else "no effect (within 2 sd)")
-        lines.append(f"| {f} | {name} - none | {mean:+.2f} ± {sd:.2f} | {', '.join(f'{x:+.2f}' for x in d)} | "
-                     f"{verdict if len(d) > 1 else 'one seed'} |")
+        # Against plain SimCLR; a variant ([knobs]) also against its mode without them (the knobs' own effect).
+        bases = ["none"] + ([name.split(" [", 1)[0]] if " [" in name and not name.startswith("none") else [])
+        for base in bases:
+            other = by_seed.get((f, base), {})
+            seeds = sorted(set(group) & set(other))
+            if name == base or name == "none" or not seeds:
+                continue
+            d = [group[s][metric] - other[s][metric] for s in seeds]
+            sd = statistics.stdev(d) if len(d) > 1 else 0.0
+            mean = statistics.mean(d)
+            beyond = len(d) > 1 and mean > 2 * sd
+            verdict = ("target met" if base == "none" and mean >= 2.0 and beyond else
+                       "an effect (beyond 2 sd)" if beyond or (len(d) > 1 and mean < -2 * sd) else "no effect (within 2 sd)")
+            lines.append(f"| {f} | {name} - {base} | {mean:+.2f} ± {sd:.2f} | {', '.join(f'{x:+.2f}' for x in d)} | "
+                         f"{verdict if len(d) > 1 else 'one seed'} |")
     return lines
 
 

@@ -188,10 +188,12 @@ class GeneratorConfig:
 
 @dataclass
 class SynthesisConfig:
-    mode: Literal["none", "static", "hard-samples", "hard-pairs", "joint"] = "none"
+    mode: Literal["none", "static", "hard-samples", "hard-pairs", "joint", "static-pairs", "matched-views"] = "none"
     """none: plain CL; static: a frozen pretrained generator's samples as extra instances; hard-samples:
     the generator maximises the learner's loss on its samples; hard-pairs: (generator, partner) positive
-    pairs; joint: both (the paper's method)."""
+    pairs; joint: both (the paper's method). Controls: static-pairs: pairs from the frozen pretrained
+    generator and its partner; matched-views: no generator, the same number of extra views per step as
+    joint (four views of each of ``ratio * batch`` more real images)."""
     ratio: float = 0.5
     """Synthetic latents per real image in a batch."""
     warmup_steps: int = 0
@@ -222,6 +224,39 @@ class SynthesisConfig:
     """Pixel standard deviation across generated samples below this counts as a collapse."""
     sample_every: int = 500
     """Learner steps between grids of samples and positive pairs."""
+    partner_reset: bool = False
+    """Pairs: the partner becomes an exact copy of the generator when joint training starts, so pairs start
+    easy and drift apart as training goes on (False: keep the pretrained partner, which lags further)."""
+    hardness_control: Literal["schedule", "target"] = "schedule"
+    """schedule: ``hardness`` follows its linear schedule (open loop); target: a controller moves it so that
+    the learner's projector cosine between the members of a pair tracks ``pair_target``."""
+    pair_target: float = 0.9
+    """Target cosine of pair members in the learner's projector space at the start of joint training..."""
+    pair_target_final: float | None = 0.5
+    """...moving linearly to this (None: constant): from easy pairs to hard ones."""
+    control_every: int = 10
+    """Generator updates between measurements of the monitor and the hardness controller (a fixed
+    cadence: logging never changes training)."""
+    control_gain: float = 0.2
+    """Controller: hardness is multiplied by ``exp(gain * (measured - target) / 0.1)`` per measurement."""
+    hard_real_negatives: bool = False
+    """The generator's hard term is the learner's loss on its synthetic views together with the real views
+    of the batch (real images are negatives), instead of on the synthetic views alone."""
+    lambda_hard_mode: Literal["weight", "balanced"] = "weight"
+    """weight: ``lambda_hard`` weighs the hard term as it is; balanced: ``lambda_hard`` is the ratio of the
+    hard gradient's norm to the realism gradient's norm (re-measured every ``control_every`` updates)."""
+    synthetic_weight: float = 1.0
+    """Weight of synthetic anchors in the learner's loss relative to real ones (1: a plain mean)."""
+    augment: AugmentConfig | None = None
+    """The augmentation of synthetic views (None: the same as the real views', ``augment``)."""
+    monitor: Literal["observe", "steer"] = "observe"
+    """observe: pair similarity is measured and logged only; steer: a pair cosine below
+    ``min_pair_similarity`` also backs ``lambda_hard`` off (non-finite losses and collapse always do)."""
+
+
+def uses_generator(mode: str) -> bool:
+    """Whether a synthesis mode draws from a generator (``none`` and the ``matched-views`` control do not)."""
+    return mode not in ("none", "matched-views")
 
 
 @dataclass
@@ -384,6 +419,25 @@ def _check_finite(node: Any, prefix: str = "") -> None:
             _check(not (isinstance(v, float) and not math.isfinite(v)), f"{key} must be a finite number, got {value}")
 
 
+def _check_augment(a: AugmentConfig, prefix: str) -> None:
+    for name, pair in ((f"{prefix}.crop_scale", a.crop_scale), (f"{prefix}.crop_ratio", a.crop_ratio)):
+        _check(
+            len(pair) == 2 and 0 < pair[0] <= pair[1],
+            f"{name} must be [low, high] with 0 < low <= high, got {pair}",
+        )
+    _check(a.crop_scale[1] <= 1.0, f"{prefix}.crop_scale must not exceed 1, got {a.crop_scale}")
+    for name in ("flip_p", "jitter_p", "gray_p"):
+        value = getattr(a, name)
+        _check(0.0 <= value <= 1.0, f"{prefix}.{name} must be in [0, 1], got {value}")
+    for name in ("blur_p", "solarize_p"):
+        values = getattr(a, name)
+        _check(
+            len(values) >= 1 and all(0.0 <= v <= 1.0 for v in values),
+            f"{prefix}.{name} must be a non-empty list of probabilities in [0, 1], got {values}",
+        )
+    _check(a.views >= 2, f"{prefix}.views must be >= 2 (positives need two views), got {a.views}")
+
+
 def validate(recipe: Recipe) -> None:
     """Value checks that types cannot express, and registry names.
 
@@ -403,22 +457,7 @@ def validate(recipe: Recipe) -> None:
     _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _check(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-    for name, pair in (("augment.crop_scale", a.crop_scale), ("augment.crop_ratio", a.crop_ratio)):
-        _check(
-            len(pair) == 2 and 0 < pair[0] <= pair[1],
-            f"{name} must be [low, high] with 0 < low <= high, got {pair}",
-        )
-    _check(a.crop_scale[1] <= 1.0, f"augment.crop_scale must not exceed 1, got {a.crop_scale}")
-    for name in ("flip_p", "jitter_p", "gray_p"):
-        value = getattr(a, name)
-        _check(0.0 <= value <= 1.0, f"augment.{name} must be in [0, 1], got {value}")
-    for name in ("blur_p", "solarize_p"):
-        values = getattr(a, name)
-        _check(
-            len(values) >= 1 and all(0.0 <= v <= 1.0 for v in values),
-            f"augment.{name} must be a non-empty list of probabilities in [0, 1], got {values}",
-        )
-    _check(a.views >= 2, f"augment.views must be >= 2 (positives need two views), got {a.views}")
+    _check_augment(a, "augment")
     _check(m.temperature > 0, f"model.temperature must be > 0, got {m.temperature}")
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     _check(0.0 <= m.momentum <= m.momentum_final <= 1.0,
@@ -477,12 +516,20 @@ def validate(recipe: Recipe) -> None:
         value = getattr(sy, key)
         _check(value is None or 0.0 <= value <= 1.0, f"synthesis.{key} must be in [0, 1], got {value}")
     _check(0 < sy.backoff < 1, f"synthesis.backoff must be in (0, 1), got {sy.backoff}")
-    if sy.mode != "none" and recipe.stage == "learner":
+    for key in ("pair_target", "pair_target_final"):
+        value = getattr(sy, key)
+        _check(value is None or -1.0 <= value <= 1.0, f"synthesis.{key} must be a cosine in [-1, 1], got {value}")
+    _check(sy.control_every >= 1, f"synthesis.control_every must be >= 1, got {sy.control_every}")
+    _check(sy.control_gain > 0, f"synthesis.control_gain must be > 0, got {sy.control_gain}")
+    _check(sy.synthetic_weight > 0, f"synthesis.synthetic_weight must be > 0, got {sy.synthetic_weight}")
+    if sy.augment is not None:
+        _check_augment(sy.augment, "synthesis.augment")
+    if uses_generator(sy.mode) and recipe.stage == "learner":
         _check(g.name is not None or g.pretrained is not None,
                f"synthesis.mode '{sy.mode}' needs a generator: set generator.name or generator.pretrained")
-    if sy.mode == "static":
+    if sy.mode in ("static", "static-pairs"):
         _check(g.pretrained is not None or g.pretrain_steps > 0,
-               "synthesis.mode 'static' uses a frozen pretrained generator: set generator.pretrained "
+               f"synthesis.mode '{sy.mode}' uses a frozen pretrained generator: set generator.pretrained "
                "(or generator.pretrain_steps to warm one up inside the run)")
     if recipe.stage == "generator":
         _check(g.name is not None or g.pretrained is not None,

@@ -25,8 +25,9 @@ class ContrastiveLearner(nn.Module, abc.ABC):
 
     backbone: nn.Module
 
-    def forward(self, views: Tensor, groups: Tensor) -> Tensor:
-        return self.loss(views, groups)
+    def forward(self, views: Tensor, groups: Tensor, weights: Tensor | None = None) -> Tensor:
+        # A subclass whose loss takes no weights keeps working wherever no weights are asked for.
+        return self.loss(views, groups) if weights is None else self.loss(views, groups, weights)
 
     @abc.abstractmethod
     def loss(self, views: Tensor, groups: Tensor) -> Tensor:
@@ -37,6 +38,9 @@ class ContrastiveLearner(nn.Module, abc.ABC):
             groups: (V,) int64 group ids; views with equal ids are positives of one another. Ids are
                 unique across processes.
 
+        A learner that also accepts ``weights`` ((V,) anchor weights; the loss is then the weighted mean
+        over anchors) supports ``synthesis.synthetic_weight``; the built-in learners do.
+
         Returns:
             Scalar loss, averaged over this process's anchors.
         """
@@ -44,6 +48,18 @@ class ContrastiveLearner(nn.Module, abc.ABC):
     def features(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, feature_dim) backbone features, for evaluation."""
         return self.backbone(images)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> the space the loss compares views in: the projector's output when the learner
+        has a ``projector``, else the backbone features (the hardness controller measures pairs here)."""
+        projector = getattr(self, "projector", None)
+        features = self.backbone(images)
+        return projector(features) if projector is not None else features
+
+    @classmethod
+    def takes_weights(cls) -> bool:
+        """Whether :meth:`loss` accepts anchor ``weights``."""
+        return "weights" in inspect.signature(cls.loss).parameters
 
     def on_step_end(self, step: int, total_steps: int) -> None:  # noqa: B027 - optional hook
         """Called after each optimizer step (momentum encoders, queues). ``step`` counts from 1."""

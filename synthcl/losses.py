@@ -54,7 +54,7 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(out, dim=0)
 
 
-def ppcl_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.2) -> Tensor:
+def ppcl_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.2, weights: Tensor | None = None) -> Tensor:
     """Partially pseudo-labelled contrastive loss: NT-Xent with any number of positives per anchor.
 
     Views that share a group id are positives of one another; every other view in the (gathered) batch
@@ -66,9 +66,11 @@ def ppcl_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.2) -> T
         embeddings: (V, D) projections of the local views (normalised here).
         groups: (V,) int64 group ids, unique across processes (offset them by the rank).
         temperature: softmax temperature.
+        weights: (V,) optional anchor weights (e.g. synthetic anchors weighted down); the loss is then the
+            weighted mean over anchors. Negatives are not reweighted.
 
     Returns:
-        Scalar loss: the mean over local anchors that have at least one positive.
+        Scalar loss: the (weighted) mean over local anchors that have at least one positive.
     """
     rank, _ = _world()
     z = F.normalize(embeddings.float(), dim=1)
@@ -85,10 +87,13 @@ def ppcl_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.2) -> T
     n_pos = positives.sum(dim=1)
     per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / n_pos.clamp(min=1)
     has_pos = (n_pos > 0).to(per_anchor.dtype)
+    if weights is not None:
+        has_pos = has_pos * weights.to(per_anchor.dtype)
     return (per_anchor * has_pos).sum() / has_pos.sum()  # 0/0 = nan when no anchor has a positive
 
 
-def moco_loss(queries: Tensor, keys: Tensor, groups: Tensor, queue: Tensor, temperature: float) -> Tensor:
+def moco_loss(queries: Tensor, keys: Tensor, groups: Tensor, queue: Tensor, temperature: float,
+              weights: Tensor | None = None) -> Tensor:
     """MoCo's InfoNCE with multi-positive keys.
 
     For the query of view ``a``, the positives are the keys of the other views of its group; the
@@ -100,6 +105,7 @@ def moco_loss(queries: Tensor, keys: Tensor, groups: Tensor, queue: Tensor, temp
         groups: (V,) int64 group ids.
         queue: (K, D) normalised negative keys from earlier batches.
         temperature: softmax temperature.
+        weights: (V,) optional anchor weights: the loss is their weighted mean over anchors.
     """
     q = F.normalize(queries.float(), dim=1)
     k = F.normalize(keys.float(), dim=1).detach()
@@ -111,16 +117,17 @@ def moco_loss(queries: Tensor, keys: Tensor, groups: Tensor, queue: Tensor, temp
     log_prob = (batch_logits - log_norm).masked_fill(~positives, 0.0)
     n_pos = positives.sum(dim=1)
     per_anchor = -log_prob.sum(dim=1) / n_pos.clamp(min=1)
-    return per_anchor[n_pos > 0].mean()
+    return _anchor_mean(per_anchor, n_pos > 0, weights)
 
 
-def byol_loss(predictions: Tensor, targets: Tensor, groups: Tensor) -> Tensor:
+def byol_loss(predictions: Tensor, targets: Tensor, groups: Tensor, weights: Tensor | None = None) -> Tensor:
     """BYOL's normalised regression, averaged over every (view, other view of its group) pair.
 
     Args:
         predictions: (V, D) online predictions.
         targets: (V, D) target projections (no gradient needed).
         groups: (V,) int64 group ids.
+        weights: (V,) optional anchor weights: the loss is their weighted mean over anchors.
 
     Returns:
         Scalar ``mean(2 - 2 cos(p_a, t_b))`` over ordered pairs a != b of one group.
@@ -131,4 +138,12 @@ def byol_loss(predictions: Tensor, targets: Tensor, groups: Tensor) -> Tensor:
     cos = p @ t.T
     n_pos = positives.sum(dim=1)
     per_anchor = (2 - 2 * cos).masked_fill(~positives, 0.0).sum(dim=1) / n_pos.clamp(min=1)
-    return per_anchor[n_pos > 0].mean()
+    return _anchor_mean(per_anchor, n_pos > 0, weights)
+
+
+def _anchor_mean(per_anchor: Tensor, valid: Tensor, weights: Tensor | None) -> Tensor:
+    """The mean of ``per_anchor`` over ``valid`` anchors, weighted by ``weights`` when given."""
+    if weights is None:
+        return per_anchor[valid].mean()
+    w = weights.to(per_anchor.dtype) * valid.to(per_anchor.dtype)
+    return (per_anchor * w).sum() / w.sum()

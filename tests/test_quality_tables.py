@@ -92,3 +92,18 @@ def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_
     assert again == first and len(trained) == 2  # reused, not retrained
     args.plain_set = ["train.steps=10"]
     assert quality.run_grid(args, tmp_path)[0]["key"] != first[0]["key"] and len(trained) == 4
+
+
+def test_controls_and_knob_variants(quality):
+    """A generator-free control is named by its mode; a knob variant is paired against plain SimCLR and
+    against its own mode without the knobs (the knobs' own effect); joint is compared with the controls."""
+    matched = row("matched-views", 0, 79.0, generator="-")
+    assert quality.label(matched) == "matched-views"
+    rows = ROWS + [matched, row("matched-views", 1, 80.0, generator="-"), row("matched-views", 2, 81.0, generator="-")]
+    rows += [row("joint", s, few, variant="knobs") for s, few in ((0, 83.5), (1, 84.0), (2, 85.5))]
+    lines = quality.paired(rows, "few")
+    assert "| 0.01 | joint [knobs] - joint | +1.00 ± 0.00 | +1.00, +1.00, +1.00 | an effect (beyond 2 sd) |" in lines
+    assert "| 0.01 | matched-views - none | -1.00 ± 0.00 | -1.00, -1.00, -1.00 | an effect (beyond 2 sd) |" in lines
+    assert not any("matched-views - matched-views" in line for line in lines)
+    targets = quality.targets(rows, "few")
+    assert "- f=0.01: joint [knobs] - matched-views = +4.33 (target > 0): met" in targets

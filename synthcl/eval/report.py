@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from synthcl._version import __version__
-from synthcl.config import read_run_recipe
+from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
 from synthcl.io import atomic_write
 from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
@@ -393,7 +393,7 @@ def _build(run_dir: Path, out: Path) -> list[Path]:
     status = _read_json(run_dir / STATUS_FILE) or {}
     metrics = read_metrics(run_dir / METRICS_FILE)
     generator_run = recipe.stage == "generator"
-    synthesis = (not generator_run) and recipe.synthesis.mode != "none"
+    synthesis = (not generator_run) and uses_generator(recipe.synthesis.mode)
     written: list[Path] = []
     d = recipe.data
 

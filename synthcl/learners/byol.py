@@ -33,11 +33,11 @@ class BYOL(ContrastiveLearner):
         self.target_projector = frozen_copy(self.projector)
         self.base_momentum, self.final_momentum = config.momentum, config.momentum_final
 
-    def loss(self, views: Tensor, groups: Tensor) -> Tensor:
+    def loss(self, views: Tensor, groups: Tensor, weights: Tensor | None = None) -> Tensor:
         predictions = self.predictor(self.projector(self.backbone(views)))
         with torch.no_grad():
             targets = self.target_projector(self.target_backbone(views))
-        return byol_loss(predictions, targets, groups)
+        return byol_loss(predictions, targets, groups, weights)
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -41,12 +41,12 @@ class MoCoV2(ContrastiveLearner):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys: Tensor | None = None
 
-    def loss(self, views: Tensor, groups: Tensor) -> Tensor:
+    def loss(self, views: Tensor, groups: Tensor, weights: Tensor | None = None) -> Tensor:
         queries = self.projector(self.backbone(views))
         with torch.no_grad():
             keys = F.normalize(self.momentum_projector(self.momentum_backbone(views)).float(), dim=1)
         self._pending_keys = keys
-        return moco_loss(queries, keys, groups, self.queue.clone(), self.temperature)
+        return moco_loss(queries, keys, groups, self.queue.clone(), self.temperature, weights)
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -26,5 +26,5 @@ class SimCLR(ContrastiveLearner):
         self.projector = mlp_head(backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
         self.temperature = config.temperature
 
-    def loss(self, views: Tensor, groups: Tensor) -> Tensor:
-        return ppcl_loss(self.projector(self.backbone(views)), groups, self.temperature)
+    def loss(self, views: Tensor, groups: Tensor, weights: Tensor | None = None) -> Tensor:
+        return ppcl_loss(self.projector(self.backbone(views)), groups, self.temperature, weights)

@@ -11,13 +11,19 @@ schedules, and is called at fixed points of the loop:
    ``lambda_real * realism - lambda_hard * learner_loss(synthetic views)`` with the learner frozen.
 3. ``update_partner``: the moving-average partner, with the momentum from its schedule.
 
-Stability: a non-finite generator loss, a collapse of the samples (no variety left) or pairs that the
-learner no longer sees as similar multiply lambda_hard by ``backoff`` (logged); after enough back-offs
-the run stops with a clear message, keeping the last good checkpoint.
+Every ``control_every`` learner steps (a fixed cadence, whatever ``train.log_every`` is) the pairs of the
+step are measured in the learner's projector space (:meth:`Synthesizer.observe`): the cosine of the two
+members of each pair beside the cosine of unrelated samples. With ``hardness_control: target`` the
+measurement steers the hardness (the latent scale of the partner branch) towards a scheduled target.
+
+Stability: a non-finite generator loss or a collapse of the samples (no variety left) multiply lambda_hard
+by ``backoff`` (logged); with ``monitor: steer``, so do pairs that the learner no longer sees as similar.
+After enough back-offs the run stops with a clear message, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +35,21 @@ from synthcl.config import GeneratorConfig, SynthesisConfig
 from synthcl.interfaces import Generator
 
 TRAINS_GENERATOR = {"hard-samples", "hard-pairs", "joint"}
-USES_PAIRS = {"hard-pairs", "joint"}
+USES_PAIRS = {"hard-pairs", "joint", "static-pairs"}
 HARD_TERM = {"hard-samples", "joint"}
 MAX_BACKOFFS = 10
+MIN_HARDNESS = 0.01  # the controller works in log space: it never reaches 0
+
+
+def mean_across_processes(values: Tensor) -> Tensor:
+    """The mean of ``values`` over processes (identity in one process): every process steers alike."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
 
 
 def average_gradients(params: Any) -> None:
@@ -93,13 +111,15 @@ class Synthesizer:
             generator.requires_grad_(False)
             generator.eval()
         self.lambda_scale = 1.0
+        self.hardness = max(config.hardness, MIN_HARDNESS)  # the controller's output (hardness_control: target)
+        self.balance: float | None = None  # lambda_hard_mode balanced: |realism grad| / |hard grad|, measured
         self.backoffs = 0
         self.failure: str | None = None
         self._pending = False  # synthesize() prepared a generator update
         self._fake: Tensor | None = None
         self._views: Tensor | None = None
         self._groups: Tensor | None = None
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
         self.times = {"synthesize": 0.0, "critic": 0.0, "generator": 0.0}
 
     # -- schedules ------------------------------------------------------------------------------------
@@ -109,25 +129,72 @@ class Synthesizer:
         return self.mode != "none" and step >= self.config.warmup_steps
 
     def schedule(self, step: int) -> dict[str, float]:
+        """lambda_hard (after back-offs), hardness (scheduled, or the controller's), the partner's momentum
+        and, under control, the target pair cosine, at ``step``."""
         c = self.config
         span = max(1, self.total_steps - c.warmup_steps)
         progress = (step - c.warmup_steps) / span
-        return {
+        out = {
             "lambda_hard": linear(c.lambda_hard, c.lambda_hard_final, progress) * self.lambda_scale,
             "hardness": min(linear(c.hardness, c.hardness_final, progress), c.hardness_cap),
             "partner_momentum": linear(c.partner_momentum, c.partner_momentum_final, progress),
         }
+        if c.hardness_control == "target":
+            out["hardness"] = self.hardness
+            out["pair_target"] = linear(c.pair_target, c.pair_target_final, progress)
+        return out
+
+    def begin(self) -> None:
+        """Called once when a run's learner training starts (not on resume): with ``partner_reset``, the
+        partner becomes a copy of the generator, so pairs start easy and drift apart from there."""
+        if self.config.partner_reset and self.mode in USES_PAIRS:
+            self.generator.update_partner(0.0)
+
+    def observing(self, step: int) -> bool:
+        """Whether ``step`` is a measurement step of the monitor and the controller (a fixed cadence)."""
+        return self.mode in USES_PAIRS and self.active(step) and step % self.config.control_every == 0
+
+    @torch.no_grad()
+    def observe(self, step: int, first: Tensor, second: Tensor, embed: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        """Measure this step's pairs in the learner's space and act on it.
+
+        ``pair_cosine``: the mean cosine of the two members of each pair; ``random_cosine``: the mean cosine
+        of unrelated samples (each first member against the next one's), the level of "nothing in common".
+        Under ``hardness_control: target`` the hardness moves by ``exp(gain * (pair - target) / 0.1)``
+        (pairs more similar than the target get harder), within [0.01, hardness_cap]; under ``monitor:
+        steer`` a pair cosine below ``min_pair_similarity`` backs lambda_hard off.
+
+        Args:
+            first, second: the pair members in [-1, 1].
+            embed: images in [0, 1] -> the learner's embedding (projector output).
+        """
+        c = self.config
+        a, b = embed(to_unit(first.detach().float())), embed(to_unit(second.detach().float()))
+        pair = torch.nn.functional.cosine_similarity(a, b, dim=1).mean()
+        unrelated = torch.nn.functional.cosine_similarity(a, a.roll(1, dims=0), dim=1).mean()
+        pair, unrelated = mean_across_processes(torch.stack([pair, unrelated])).tolist()
+        measured = {"pair_cosine_step": pair, "random_cosine": unrelated, "hardness_used": self.schedule(step)["hardness"]}
+        if c.hardness_control == "target":
+            target = self.schedule(step)["pair_target"]
+            self.hardness = min(max(self.hardness * math.exp(c.control_gain * (pair - target) / 0.1), MIN_HARDNESS),
+                                c.hardness_cap)
+            measured["pair_target"] = target
+        if c.monitor == "steer" and pair < c.min_pair_similarity:
+            self.back_off(step, f"pair cosine {pair:.3g}")
+        self.last.update(measured)
+        return measured
 
     # -- step 6: synthetic views ----------------------------------------------------------------------
 
     def synthesize(self, step: int, n_real: int, group_base: int, augment: Callable[..., Tensor],
-                   rng: torch.Generator) -> tuple[Tensor, Tensor] | None:
+                   rng: torch.Generator, embed: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor] | None:
         """Synthetic views for the learner (detached) and their group ids, or None during warm-up.
 
         Args:
             n_real: real images in this process's batch; ``round(ratio * n_real)`` latents are drawn.
             group_base: first group id of this process's synthetic groups (unique across processes).
             augment: ``augment(images_in_0_1, n_views, rng) -> (n_views * B, C, H, W)``.
+            embed: the learner's embedding of images in [0, 1], for :meth:`observe` on measurement steps.
         """
         start = time.perf_counter()
         g, m = self.generator, max(1, round(self.config.ratio * n_real))
@@ -148,6 +215,8 @@ class Synthesizer:
                 first, second = g.pair(z, self.schedule(step)["hardness"], generator=rng)
                 views = torch.cat([augment(to_unit(first), 2, rng), augment(to_unit(second), 2, rng)])
                 per_group = 4
+                if embed is not None and self.observing(step):
+                    self.observe(step, first, second, embed)
             else:
                 first = g(z)
                 views = augment(to_unit(first), 2, rng)
@@ -159,12 +228,16 @@ class Synthesizer:
 
     # -- step 9: critic and generator ----------------------------------------------------------
 
-    def update_generator(self, step: int, real: Tensor, frozen_learner_loss: Callable[[Tensor, Tensor], Tensor]) -> None:
+    def update_generator(self, step: int, real: Tensor, frozen_learner_loss: Callable[[Tensor, Tensor], Tensor],
+                         real_views: tuple[Tensor, Tensor] | None = None) -> None:
         """Critic step, then generator step, on the samples of :meth:`synthesize` (if it kept them).
 
         Args:
             real: (B, C, H, W) real images in [-1, 1].
             frozen_learner_loss: the learner's loss with its parameters and statistics frozen.
+            real_views: the learner's real views of this step and their group ids: with
+                ``hard_real_negatives`` the hard term is the learner's loss on them and the synthetic
+                views together, so real images are negatives of the synthetic ones.
         """
         if not self._pending:
             return
@@ -186,9 +259,18 @@ class Synthesizer:
         weights = self.schedule(step)
         realism = g.realism_loss(None if fake is None else fake.float(), real)
         hard = torch.zeros((), device=real.device)
-        if self.mode in HARD_TERM and self.active(step):
+        hard_active = self.mode in HARD_TERM and self.active(step)
+        if hard_active:
+            if self.config.hard_real_negatives and real_views is not None:
+                views = torch.cat([views, real_views[0].detach().to(views.dtype)])
+                groups = torch.cat([groups, real_views[1]])
             hard = frozen_learner_loss(views, groups)
-        loss = self.config.lambda_real * realism - weights["lambda_hard"] * hard
+        weighted_realism = self.config.lambda_real * realism
+        if hard_active and (step % self.config.control_every == 0 or
+                            (self.config.lambda_hard_mode == "balanced" and self.balance is None)):
+            self._measure_gradients(weighted_realism, hard, weights["lambda_hard"])
+        hard_weight = weights["lambda_hard"] * self.balance_factor()
+        loss = weighted_realism - hard_weight * hard
         # No samples (a realism term on real images during warm-up): no spread to watch, logged as NaN.
         spread = torch.full((), float("nan"), device=real.device) if fake is None else fake.detach().float().std(dim=0).mean()
         # One host sync per generator update: the stability monitor must decide before the step.
@@ -202,12 +284,40 @@ class Synthesizer:
             self.d_opt.zero_grad(set_to_none=True)
         self.times["generator"] += time.perf_counter() - start
         # Kept as tensors: turned into numbers only when a metrics row is written.
-        self.last = {"critic_loss": critic_loss.detach(), "generator_loss": loss.detach(),
-                     "hard_loss": hard.detach(), "sample_std": spread}
+        self.last.update({"critic_loss": critic_loss.detach(), "generator_loss": loss.detach(),
+                          "hard_loss": hard.detach(), "sample_std": spread, "hard_weight": hard_weight})
         if not finite:
             self.back_off(step, f"generator loss {float(loss.detach()):.4g}")
         elif collapsed and self.mode in HARD_TERM:
             self.back_off(step, f"samples collapsed (pixel std {float(spread):.3g})")
+
+    def _measure_gradients(self, realism: Tensor, hard: Tensor, lambda_hard: float) -> None:
+        """The norms of the realism term's and the hard term's gradients on the generator, logged as
+        ``grad_ratio`` = |hard weight * hard grad| / |realism grad|; under ``lambda_hard_mode: balanced``
+        they set the hard weight so that this ratio is ``lambda_hard``. Two extra backward passes, once
+        every ``control_every`` steps."""
+        params = [p for p in self.generator.generator_parameters() if p.requires_grad]
+
+        def norm(term: Tensor) -> Tensor:
+            if not term.requires_grad:
+                return torch.zeros((), device=term.device)
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            return torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0)
+
+        real_norm, hard_norm = mean_across_processes(torch.stack([norm(realism), norm(hard)])).tolist()
+        if (self.config.lambda_hard_mode == "balanced" and hard_norm > 0 and real_norm > 0
+                and math.isfinite(real_norm / hard_norm)):
+            self.balance = real_norm / hard_norm
+        weight = lambda_hard * self.balance_factor()
+        self.last.update({"realism_grad": real_norm, "hard_grad": hard_norm,
+                          "grad_ratio": weight * hard_norm / real_norm if real_norm > 0 else float("nan")})
+
+    def balance_factor(self) -> float:
+        """What multiplies lambda_hard in the generator's loss: 1 (``weight``), or the measured ratio of the
+        gradient norms (``balanced``; 1 until first measured)."""
+        if self.config.lambda_hard_mode != "balanced" or self.balance is None:
+            return 1.0
+        return self.balance
 
     def back_off(self, step: int, reason: str) -> None:
         """Halve (by ``backoff``) lambda_hard; record a failure after too many back-offs."""
@@ -238,13 +348,12 @@ class Synthesizer:
         a, b = g.pair(z, self.schedule(step)["hardness"], generator=torch.Generator(device=z.device).manual_seed(seed + 1))
         g.train(was_training)
         cosine = torch.nn.functional.cosine_similarity(features(to_unit(a)), features(to_unit(b)), dim=1).mean()
-        result = {"pair_ssim": float(ssim(a, b).mean()), "pair_cosine": float(cosine)}
-        if self.mode in USES_PAIRS and result["pair_cosine"] < self.config.min_pair_similarity:
-            self.back_off(step, f"pair cosine {result['pair_cosine']:.3g}")
-        return result
+        # Observation only: steering happens in observe(), at its own cadence, never on a logging step.
+        return {"pair_ssim": float(ssim(a, b).mean()), "pair_cosine": float(cosine)}
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"lambda_scale": self.lambda_scale, "backoffs": self.backoffs}
+        state: dict[str, Any] = {"lambda_scale": self.lambda_scale, "backoffs": self.backoffs,
+                                 "hardness": self.hardness, "balance": self.balance}
         if self.g_opt is not None:
             state["generator_optimizer"] = self.g_opt.state_dict()
         if self.d_opt is not None:
@@ -253,6 +362,9 @@ class Synthesizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lambda_scale, self.backoffs = float(state["lambda_scale"]), int(state["backoffs"])
+        # Checkpoints written before the controller existed hold neither: the values a new run starts from.
+        self.hardness = float(state.get("hardness", self.hardness))
+        self.balance = None if state.get("balance") is None else float(state["balance"])
         if self.g_opt is not None:
             self.g_opt.load_state_dict(state["generator_optimizer"])
         if self.d_opt is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from synthcl.augment import ViewAugment
-from synthcl.config import Recipe
+from synthcl.config import AugmentConfig, Recipe, uses_generator
 from synthcl.data import ImageSource, load_dataset, take_fraction
 from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError
 from synthcl.interfaces import ContrastiveLearner, Generator
@@ -65,8 +65,9 @@ def build_learner(recipe: Recipe, in_channels: int) -> ContrastiveLearner:
     return LEARNERS.get(m.learner)(backbone, m)
 
 
-def build_augment(recipe: Recipe, source: ImageSource, mean: list[float], std: list[float]) -> ViewAugment:
-    a = recipe.augment
+def build_augment(config: AugmentConfig, source: ImageSource, mean: list[float], std: list[float]) -> ViewAugment:
+    """The batched view augmentation of a recipe's ``augment`` (or ``synthesis.augment``) block."""
+    a = config
     return ViewAugment(
         source.image_size,
         source.channels,
@@ -202,7 +203,7 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
 
 def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_steps: int) -> Synthesizer | None:
     """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
-    if recipe.synthesis.mode == "none":
+    if not uses_generator(recipe.synthesis.mode):
         return None
     generator = build_generator(recipe, source).to(device)
     return Synthesizer(recipe.synthesis, recipe.generator, generator, total_steps)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from synthcl._version import __version__
-from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps
+from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps, uses_generator
 from synthcl.errors import ConfigError, DataError
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_json, atomic_write_text
@@ -115,11 +115,16 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     total_steps = schedule_steps(t, steps_per_epoch)
     run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
     mean, std = channel_stats(source)
-    augment = build_augment(recipe, source, mean, std).to(device)
+    augment = build_augment(recipe.augment, source, mean, std).to(device)
+    sy = recipe.synthesis
+    synthetic_augment = None if sy.augment is None else build_augment(sy.augment, source, mean, std).to(device)
 
     # 3. Model, optimizer, schedule (the same initial weights on every process).
     torch.manual_seed(t.seed)
     learner = build_learner(recipe, source.channels)
+    if sy.synthetic_weight != 1.0 and not learner.takes_weights():
+        raise ConfigError(f"synthesis.synthetic_weight needs a learner whose loss takes anchor weights; "
+                          f"'{recipe.model.learner}' does not (add a `weights` argument to its loss)")
     if t.channels_last:
         learner = learner.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(learner, o)
@@ -190,6 +195,9 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
         learner, unwrapped, optimizer, scheduler, augment, synth, seed=t.seed, global_batch=t.batch_size,
         total_steps=total_steps, views_per_image=recipe.augment.views, channels_last=t.channels_last,
         grad_clip=o.grad_clip, rank=rank, world=world, backward=accelerator.backward, clip=accelerator.clip_grad_norm_,
+        synthetic_augment=synthetic_augment, synthetic_weight=sy.synthetic_weight,
+        extra_real=matched_views(source, t, sy.ratio, rank, world, device) if sy.mode == "matched-views" else None,
+        extra_ratio=sy.ratio,
     )
 
     def row(done: int) -> dict[str, float]:
@@ -200,6 +208,8 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
             out |= synthesis_row(synth, done, learner_step.features)
         return out
 
+    if synth is not None and start_step == 0:
+        synth.begin()  # e.g. the partner reset: before the first step, so a resumed run never repeats it
     session.write_status("running", start_step)
     learner.train()
     batches = None
@@ -235,9 +245,26 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     return run_dir
 
 
-SYNTHESIS_COLUMNS = ["critic_loss", "generator_loss", "hard_loss", "lambda_hard", "hardness", "partner_momentum",
+SYNTHESIS_COLUMNS = ["critic_loss", "generator_loss", "hard_loss", "lambda_hard", "hard_weight", "grad_ratio",
+                     "hardness", "pair_target", "pair_cosine_step", "random_cosine", "partner_momentum",
                      "pair_ssim", "pair_cosine", "sample_std", "backoffs", "t_synthesize_s", "t_critic_s",
                      "t_generator_s"]
+
+
+def matched_views(source: Any, t: Any, ratio: float, rank: int, world: int, device: torch.device) -> Any:
+    """The ``matched-views`` control's extra real images of a step: ``round(ratio * batch)`` per process
+    (as many as synthetic latents would be), drawn afresh at every step from a seed of (train.seed, step),
+    so a resumed run draws the same ones."""
+    from synthcl.training.session import step_seed
+
+    per_process = max(1, round(ratio * (t.batch_size // world)))
+
+    def draw(step: int) -> torch.Tensor:
+        batches = source.batches(per_process * world, device=device, seed=step_seed(t.seed + 2, step, 0), epoch=0,
+                                 rank=rank, world_size=world)
+        return next(batches)[0]
+
+    return draw
 
 
 def synthesis_row(synth: Any, step: int, features: Any) -> dict[str, float]:
@@ -275,7 +302,7 @@ def needs_in_run_pretraining(recipe: Recipe) -> bool:
         ConfigError: under a distributed launcher (the warm-up runs in one process: pretrain first).
     """
     g = recipe.generator
-    needed = recipe.synthesis.mode != "none" and g.pretrained is None and g.pretrain_steps > 0
+    needed = uses_generator(recipe.synthesis.mode) and g.pretrained is None and g.pretrain_steps > 0
     if needed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("generator.pretrain_steps runs in one process; pretrain first (stage: generator) and "
                           "set generator.pretrained for a distributed run")

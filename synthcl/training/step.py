@@ -47,6 +47,10 @@ class LearnerStep:
         clip: ``clip(parameters, max_norm)`` (default ``torch.nn.utils.clip_grad_norm_``).
         autocast: a context manager factory around the learner's forward (Accelerate's prepared module
             does its own; the speed benchmark passes ``torch.autocast`` for its bf16 rows).
+        synthetic_augment: the augmentation of synthetic views (default: ``augment``).
+        synthetic_weight: the weight of synthetic anchors in the learner's loss (1: a plain mean).
+        extra_real: ``extra_real(step) -> uint8 images``: more real images for the ``matched-views``
+            control, four views each, as many as synthetic latents would be drawn (``extra_ratio``).
 
     ``times`` accumulates host seconds per phase (``augment``, ``learner``); the synthesizer keeps its own.
     """
@@ -56,14 +60,19 @@ class LearnerStep:
                  views_per_image: int = 2, channels_last: bool = False, grad_clip: float | None = None,
                  rank: int = 0, world: int = 1, backward: Callable[[Tensor], None] | None = None,
                  clip: Callable[..., Any] | None = None,
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 synthetic_augment: ViewAugment | None = None, synthetic_weight: float = 1.0,
+                 extra_real: Callable[[int], Tensor] | None = None, extra_ratio: float = 0.0) -> None:
         self.learner, self.unwrapped, self.optimizer, self.scheduler = learner, unwrapped, optimizer, scheduler
         self.augment, self.synth = augment, synth
+        self.synthetic_augment = synthetic_augment or augment
+        self.synthetic_weight, self.extra_real = synthetic_weight, extra_real
         self.seed, self.global_batch, self.total_steps = seed, global_batch, total_steps
         self.views_per_image, self.channels_last, self.grad_clip = views_per_image, channels_last, grad_clip
         self.rank, self.world = rank, world
         self.local_batch = global_batch // world
         self.n_synthetic = 0 if synth is None else max(1, round(synth.config.ratio * self.local_batch))
+        self.n_extra = 0 if extra_real is None else max(1, round(extra_ratio * self.local_batch))
         self.backward = backward or (lambda loss: loss.backward())
         self.clip = clip or nn.utils.clip_grad_norm_
         self.autocast = autocast or contextlib.nullcontext
@@ -74,6 +83,16 @@ class LearnerStep:
     def frozen_loss(self, views: Tensor, groups: Tensor) -> Tensor:
         """The learner's loss with the learner frozen: what the generator's hard term sees."""
         return frozen_call(self.unwrapped, views, groups)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """The learner's embedding (projector output) of images in [0, 1], in eval mode: where the hardness
+        controller measures pairs."""
+        was_training = self.unwrapped.training
+        self.unwrapped.eval()
+        out = self.unwrapped.embed(self.augment.standardize(images)).float()
+        self.unwrapped.train(was_training)
+        return out
 
     def features(self, images: Tensor) -> Tensor:
         """Backbone features of images in [0, 1] in eval mode (the pair-similarity monitor)."""
@@ -104,24 +123,34 @@ class LearnerStep:
         """
         start = time.perf_counter()
         views, groups = real if real is not None else self.real_views(step, images)
+        if self.extra_real is not None:  # the matched-views control: more real images, four views each
+            more = self.augment.views(self.extra_real(step), 4, self.rng)
+            extra_ids = torch.arange(self.n_extra, device=groups.device) + self.global_batch + self.rank * self.n_extra
+            views, groups = torch.cat([views, more.to(views.dtype)]), torch.cat([groups, extra_ids.repeat(4)])
+        real_views = (views, groups)
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         self.times["augment"] += time.perf_counter() - start
 
         # 6. Synthetic views, their group ids after every process's real ids, detached for the learner.
+        weights = None
         if self.synth is not None:
             synthetic = self.synth.synthesize(step, images.shape[0], self.global_batch + self.rank * self.n_synthetic,
-                                              self.augment.views, self.rng)
+                                              self.synthetic_augment.views, self.rng, embed=self.embed)
             if synthetic is not None:
+                n_real = views.shape[0]
                 views = torch.cat([views, synthetic[0].to(views.dtype)])
                 groups = torch.cat([groups, synthetic[1]])
                 if self.channels_last:
                     views = views.contiguous(memory_format=torch.channels_last)
+                if self.synthetic_weight != 1.0:
+                    weights = torch.ones(views.shape[0], device=views.device)
+                    weights[n_real:] = self.synthetic_weight
 
         # 7. The learner update on real and synthetic views; 8. momentum encoders and queues.
         start = time.perf_counter()
         with self.autocast():
-            loss = self.learner(views, groups)
+            loss = self.learner(views, groups) if weights is None else self.learner(views, groups, weights)
         self.backward(loss)
         if self.grad_clip is not None:
             self.clip(self.learner.parameters(), self.grad_clip)
@@ -133,7 +162,7 @@ class LearnerStep:
 
         # 9. Critic and generator steps with the learner frozen, then the moving-average partner.
         if self.synth is not None:
-            self.synth.update_generator(step, to_signed(images), self.frozen_loss)
+            self.synth.update_generator(step, to_signed(images), self.frozen_loss, real_views=real_views)
             self.synth.update_partner(step)
         return loss.detach().float()
 

@@ -1,0 +1,307 @@
+"""The method's knobs: the partner reset, the hardness controller, real views as negatives of the hard
+term, the gradient balance, synthetic anchor weights and augmentation, the matched-views and static-pairs
+controls, and a monitor whose cadence does not depend on logging."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_synthesis import JOINT, _setup, make_pretrained
+from torch import Tensor, nn
+
+from synthcl.config import GeneratorConfig, SynthesisConfig
+from synthcl.errors import ConfigError
+from synthcl.interfaces import ContrastiveLearner, Generator
+from synthcl.losses import ppcl_loss
+from synthcl.synthesis.engine import Synthesizer
+from synthcl.training import train
+
+
+class Latent(Generator):
+    """A toy generator whose image is its latent: the cosine of a pair (z, z + h n) in 64 dimensions is close
+    to 1 / sqrt(1 + h^2), a known, falling function of the hardness."""
+
+    def __init__(self, image_size: int = 8, channels: int = 1) -> None:
+        super().__init__(image_size, channels)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.channels, self.image_size, self.image_size, generator=generator)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z * self.gain
+
+    def realism_loss(self, fake: Tensor, real: Tensor) -> Tensor:
+        return (fake.mean() - real.mean()) ** 2
+
+
+def joint(**sections: dict) -> dict:
+    """The tiny joint run's sections (test_synthesis.JOINT) with ``sections`` merged into them."""
+    from conftest import merge
+
+    return merge(JOINT, sections)
+
+
+def _signed(images: Tensor) -> Tensor:  # observe() hands the embedding images in [0, 1]
+    return (images * 2 - 1).flatten(1)
+
+
+# --- 1. progressive hardness ------------------------------------------------------------------------------
+
+
+def test_partner_reset_makes_the_partner_a_copy_of_the_generator():
+    gen = Latent()
+    with torch.no_grad():
+        gen.gain.fill_(3.0)  # the generator moved away from its partner (still at gain 1)
+    synth = Synthesizer(SynthesisConfig(mode="joint", partner_reset=True), GeneratorConfig(), gen, total_steps=10)
+    z = gen.sample_latents(4, torch.Generator().manual_seed(0))
+    assert not torch.equal(gen.partner(z), gen(z))
+    synth.begin()
+    assert torch.equal(gen.partner(z), gen(z).detach())
+
+
+def test_no_partner_reset_unless_asked():
+    gen = Latent()
+    with torch.no_grad():
+        gen.gain.fill_(3.0)
+    Synthesizer(SynthesisConfig(mode="joint"), GeneratorConfig(), gen, total_steps=10).begin()
+    z = gen.sample_latents(4, torch.Generator().manual_seed(0))
+    assert torch.allclose(gen.partner(z), z)
+
+
+@pytest.mark.parametrize("target", [0.9, 0.6])
+def test_controller_tracks_its_target_on_a_toy_generator(target):
+    """Whatever the starting hardness, the controller brings the measured pair cosine to the target."""
+    config = SynthesisConfig(mode="static-pairs", ratio=1.0, hardness=0.01, hardness_cap=10.0,
+                             hardness_control="target", pair_target=target, pair_target_final=None, control_every=1)
+    synth = Synthesizer(config, GeneratorConfig(), Latent(), total_steps=100)
+    rng = torch.Generator().manual_seed(0)
+    for step in range(60):
+        synth.synthesize(step, 64, 0, lambda x, n, r: torch.cat([x] * n), rng, embed=_signed)
+    measured = [synth.observe(100, *synth.generator.pair(synth.generator.sample_latents(256, rng),
+                                                        synth.hardness, generator=rng), _signed)["pair_cosine_step"]
+                for _ in range(5)]
+    assert abs(sum(measured) / 5 - target) < 0.03, (measured, synth.hardness)
+    # The hardness it settled on is the one the toy's closed form asks for.
+    assert synth.hardness == pytest.approx(math.sqrt(1 / target**2 - 1), rel=0.15)
+    assert synth.last["random_cosine"] == pytest.approx(0.0, abs=0.1)  # unrelated latents: no similarity
+
+
+def test_pair_target_is_scheduled_from_easy_to_hard():
+    config = SynthesisConfig(mode="joint", hardness_control="target", pair_target=0.9, pair_target_final=0.5)
+    synth = Synthesizer(config, GeneratorConfig(), Latent(), total_steps=101)
+    assert synth.schedule(0)["pair_target"] == pytest.approx(0.9)
+    assert synth.schedule(101)["pair_target"] == pytest.approx(0.5)
+    assert synth.schedule(0)["hardness"] == synth.hardness  # the controller's output, not the schedule
+
+
+# --- 2. the hard term ---------------------------------------------------------------------------------------
+
+
+def test_real_views_enter_the_generators_objective():
+    learner, gen, synth, augment, frozen_loss = _setup("hard-samples", hard_real_negatives=True)
+    seen = []
+
+    def spy(views, groups):
+        seen.append((views.shape[0], groups.clone()))
+        return frozen_loss(views, groups)
+
+    real_views = torch.rand(16, 1, 28, 28) * 2 - 1
+    real_groups = torch.arange(8).repeat(2)
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, spy, real_views=(real_views, real_groups))
+    n_synthetic = 2 * 8  # ratio 1.0: 8 latents, 2 views each
+    assert seen[0][0] == n_synthetic + 16
+    assert set(real_groups.tolist()) <= set(seen[0][1].tolist())
+
+
+def test_without_the_knob_the_hard_term_sees_synthetic_views_only():
+    learner, gen, synth, augment, frozen_loss = _setup("hard-samples")
+    seen = []
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, lambda v, g: seen.append(v.shape[0]) or frozen_loss(v, g),
+                           real_views=(torch.rand(16, 1, 28, 28), torch.arange(8).repeat(2)))
+    assert seen == [16]
+
+
+def test_gradient_ratio_is_logged_and_balanced_mode_holds_it_at_lambda_hard():
+    _, _, synth, augment, frozen_loss = _setup("hard-samples", lambda_hard=0.3, lambda_hard_mode="balanced")
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    synth.update_generator(0, real, frozen_loss)
+    assert synth.last["grad_ratio"] == pytest.approx(0.3, rel=1e-4)
+    assert synth.last["hard_weight"] == pytest.approx(0.3 * synth.balance)
+    assert synth.balance == pytest.approx(synth.last["realism_grad"] / synth.last["hard_grad"])
+
+    _, _, raw, augment, frozen_loss = _setup("hard-samples", lambda_hard=0.3)
+    raw.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    raw.update_generator(0, real, frozen_loss)
+    assert raw.last["hard_weight"] == pytest.approx(0.3)
+    assert raw.last["grad_ratio"] == pytest.approx(0.3 * raw.last["hard_grad"] / raw.last["realism_grad"], rel=1e-4)
+
+
+# --- 3. real vs synthetic -----------------------------------------------------------------------------------
+
+
+def test_anchor_weights_in_the_loss():
+    torch.manual_seed(0)
+    z, groups = torch.randn(12, 8), torch.arange(6).repeat(2)
+    plain = ppcl_loss(z, groups, 0.5)
+    assert torch.allclose(ppcl_loss(z, groups, 0.5, torch.ones(12)), plain)
+    # Weight 0 on the last 4 anchors: the mean over the first 8 anchors (the others stay negatives).
+    w = torch.ones(12)
+    w[8:] = 0
+    per_anchor = [ppcl_loss(z, groups, 0.5, (torch.arange(12) == i).float()) for i in range(12)]
+    assert torch.allclose(ppcl_loss(z, groups, 0.5, w), torch.stack(per_anchor[:8]).mean())
+
+
+class Unweighted(ContrastiveLearner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Identity()
+
+    def loss(self, views: Tensor, groups: Tensor) -> Tensor:
+        return views.mean()
+
+
+def test_learner_without_weights_is_refused_for_synthetic_weight(tiny_recipe, tmp_path, monkeypatch):
+    assert not Unweighted.takes_weights()
+    from synthcl.learners import SimCLR
+
+    assert SimCLR.takes_weights()
+    from synthcl.training import loop
+
+    recipe = tiny_recipe(**joint(synthesis={"synthetic_weight": 0.1}))
+    monkeypatch.setattr(loop, "build_learner", lambda recipe, channels: Unweighted())
+    with pytest.raises(ConfigError, match="synthetic_weight"):
+        train(recipe, out=tmp_path / "run", quiet=True)
+
+
+def test_synthetic_weight_and_augment_reach_the_learner_step(tiny_recipe, tmp_path, monkeypatch):
+    """The learner's loss gets weights (1 for real anchors, the knob's value for synthetic ones) and the
+    synthetic views come from their own augmentation."""
+    from synthcl.training import step as step_module
+
+    calls = []
+    original = step_module.LearnerStep.__call__
+
+    def spy(self, step, images, real=None):
+        calls.append((self.synthetic_weight, self.synthetic_augment is not self.augment))
+        return original(self, step, images, real)
+
+    monkeypatch.setattr(step_module.LearnerStep, "__call__", spy)
+    seen_weights = []
+    from synthcl.learners import SimCLR
+
+    loss = SimCLR.loss
+
+    def weighted(self, views, groups, weights=None):
+        seen_weights.append(None if weights is None else weights.clone())
+        return loss(self, views, groups, weights)
+
+    monkeypatch.setattr(SimCLR, "loss", weighted)
+    recipe = tiny_recipe(**joint(synthesis={"synthetic_weight": 0.25,
+                                             "augment": {"crop_scale": [0.6, 1.0], "jitter_p": 0.0}}))
+    train(recipe, out=tmp_path / "run", quiet=True)
+    assert calls and all(c[0] == 0.25 and c[1] for c in calls)
+    active = [w for w in seen_weights if w is not None and w.shape[0] > 32]  # after synthesis.warmup_steps
+    assert active
+    w = active[0]
+    assert (w[:32] == 1).all() and (w[32:] == 0.25).all()  # batch 16 x 2 real views, then synthetic
+
+
+def test_synthesis_augment_is_validated(tiny_recipe):
+    with pytest.raises(ConfigError, match="synthesis.augment.jitter_p"):
+        tiny_recipe(**joint(synthesis={"augment": {"jitter_p": 2.0}}))
+    with pytest.raises(ConfigError, match="synthetic_weight"):
+        tiny_recipe(**joint(synthesis={"synthetic_weight": 0.0}))
+    with pytest.raises(ConfigError, match="pair_target"):
+        tiny_recipe(**joint(synthesis={"pair_target": 1.5}))
+
+
+# --- 4. controls ------------------------------------------------------------------------------------------
+
+
+def test_matched_views_adds_four_views_of_more_real_images(tiny_recipe, tmp_path, monkeypatch):
+    from synthcl.learners import SimCLR
+
+    seen = []
+    loss = SimCLR.loss
+    monkeypatch.setattr(SimCLR, "loss", lambda self, v, g, w=None: seen.append((v.shape[0], g.clone())) or loss(self, v, g))
+    recipe = tiny_recipe(synthesis={"mode": "matched-views", "ratio": 0.5})
+    run = train(recipe, out=tmp_path / "run", quiet=True)
+    views, groups = seen[0]
+    assert views == 16 * 2 + 8 * 4  # 16 real images x 2 views, then 8 more real images x 4 views
+    extra = groups[32:]
+    assert sorted(torch.bincount(extra - 16).tolist()) == [4] * 8 and int(extra.min()) == 16
+    assert not (run / "generator").exists()
+
+
+def test_matched_views_resumes_exactly(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(synthesis={"mode": "matched-views", "ratio": 0.5})
+    full = train(recipe, out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    short = tiny_recipe(synthesis={"mode": "matched-views", "ratio": 0.5}, train={**recipe_train(), "max_steps": 2})
+    train(short, out=part, quiet=True)
+    train(recipe, out=part, resume=True, quiet=True)
+    a = load_file(str(full / "checkpoints/last/weights.safetensors"))
+    b = load_file(str(part / "checkpoints/last/weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def recipe_train():
+    from conftest import TINY
+
+    return dict(TINY["train"])
+
+
+def test_static_pairs_uses_frozen_pairs(tiny_recipe, tmp_path):
+    folder = make_pretrained("gan", tmp_path / "gan")
+    recipe = tiny_recipe(**joint(generator={"pretrained": str(folder)}, synthesis={"mode": "static-pairs"}))
+    run = train(recipe, out=tmp_path / "run", quiet=True)
+    before = load_file(str(folder / "model.safetensors"))
+    after = load_file(str(run / "generator" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained it
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert any(r["pair_ssim"] not in ("", "nan") for r in rows)  # pairs were made and measured
+
+
+# --- 5. the monitor's cadence ---------------------------------------------------------------------------
+
+
+def test_logging_cadence_does_not_change_training(tiny_recipe, tmp_path):
+    """With the controller and the steering monitor on, runs logged every step and every third step end
+    with the same weights (the measurements run at control_every, inside the step)."""
+    synthesis = {"hardness_control": "target", "monitor": "steer", "control_every": 2,
+                 "min_pair_similarity": 1.0, "partner_reset": True, "hard_real_negatives": True,
+                 "lambda_hard_mode": "balanced"}
+    runs = []
+    for every in (1, 3):
+        recipe = tiny_recipe(**joint(synthesis=synthesis, train={"log_every": every}))
+        runs.append(train(recipe, out=tmp_path / f"log{every}", quiet=True))
+    for name in ("weights", "generator"):
+        a = load_file(str(runs[0] / f"checkpoints/last/{name}.safetensors"))
+        b = load_file(str(runs[1] / f"checkpoints/last/{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = list(csv.DictReader(open(runs[0] / "metrics.csv")))
+    assert any(r["pair_target"] not in ("", "nan") for r in rows)
+    assert any(r["grad_ratio"] not in ("", "nan") for r in rows)
+    assert any(float(r["backoffs"]) > 0 for r in rows)  # the steering monitor acted (its bound is 1)
+
+
+def test_every_knob_resumes_exactly(tiny_recipe, tmp_path):
+    synthesis = {"hardness_control": "target", "control_every": 1, "partner_reset": True,
+                 "hard_real_negatives": True, "lambda_hard_mode": "balanced", "synthetic_weight": 0.5,
+                 "augment": {"crop_scale": [0.5, 1.0]}}
+    full = train(tiny_recipe(**joint(synthesis=synthesis)), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(**joint(synthesis=synthesis, train={"max_steps": 2})), out=part, quiet=True)
+    train(tiny_recipe(**joint(synthesis=synthesis)), out=part, resume=True, quiet=True)
+    for name in ("weights", "generator"):
+        a = load_file(str(full / f"checkpoints/last/{name}.safetensors"))
+        b = load_file(str(part / f"checkpoints/last/{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
