@@ -248,7 +248,8 @@ class SynthesisConfig:
     synthetic_weight: float = 1.0
     """Weight of synthetic anchors in the learner's loss relative to real ones (1: a plain mean)."""
     augment: AugmentConfig | None = None
-    """The augmentation of synthetic views (None: the same as the real views', ``augment``)."""
+    """The augmentation of synthetic views: the keys given here replace those of the real views'
+    ``augment`` block, the rest is inherited (None: the same augmentation as the real views)."""
     monitor: Literal["observe", "steer"] = "observe"
     """observe: pair similarity is measured and logged only; steer: a pair cosine below
     ``min_pair_similarity`` also backs ``lambda_hard`` off (non-finite losses and collapse always do)."""
@@ -379,6 +380,10 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
+    synthesis = data.get("synthesis")
+    if isinstance(synthesis, dict) and isinstance(synthesis.get("augment"), dict) and isinstance(data.get("augment", {}), dict):
+        # synthesis.augment lists what differs from the real views' augmentation; the rest is inherited.
+        data = {**data, "synthesis": {**synthesis, "augment": {**data.get("augment", {}), **synthesis["augment"]}}}
     recipe = _build(Recipe, data)
     validate(recipe)
     return recipe

@@ -305,3 +305,13 @@ def test_every_knob_resumes_exactly(tiny_recipe, tmp_path):
         a = load_file(str(full / f"checkpoints/last/{name}.safetensors"))
         b = load_file(str(part / f"checkpoints/last/{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_synthesis_augment_inherits_the_real_views_augmentation(tiny_recipe):
+    recipe = tiny_recipe(**joint(synthesis={"augment": {"jitter_p": 0.4}}))
+    assert recipe.synthesis.augment.jitter_p == 0.4
+    assert recipe.synthesis.augment.crop_scale == recipe.augment.crop_scale == [0.3, 1.0]  # inherited
+    from synthcl.config import load_recipe
+
+    over = load_recipe("fashion-mnist-scarce-joint", ["synthesis.augment.crop_scale=[0.5, 1.0]"])
+    assert over.synthesis.augment.crop_scale == [0.5, 1.0] and over.synthesis.augment.jitter_p == over.augment.jitter_p
