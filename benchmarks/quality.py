@@ -70,7 +70,9 @@ def cache_key(recipe: str, overrides: list[str]) -> str:
 def warm_folder(recipe: str, overrides: list[str], runs: Path) -> tuple[Any, Path]:
     """The generator run that warms a generator-mode run up, and its folder (named by its resolved recipe)."""
     sub = pretrain_recipe(load_recipe(recipe, overrides))
-    digest = hashlib.sha256(json.dumps(recipe_to_dict(sub) | {"name": None}, sort_keys=True, default=str).encode())
+    resolved = recipe_to_dict(sub) | {"name": None}
+    resolved.pop("synthesis")  # a generator-stage run never reads it: a synthesis knob shares the warm-up
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
     return sub, runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
 
 
