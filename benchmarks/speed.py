@@ -145,7 +145,7 @@ def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
     out += [
         f"Batch {res['batch']} real images, 2 views each; images/s counts real images. lightly {res['lightly_version']}.",
         "",
-        ("- synthcl: the training loop's step (steps 5-10 of `synthcl.training.train`): the uint8 training set "
+        ("- synthcl: the library's own step, `synthcl.training.step.LearnerStep` (steps 5-9 of `synthcl.training.train`, plus the loop's device-side bookkeeping): the uint8 training set "
         "in memory, one batched `ViewAugment.views` call, `channels_last`, one forward of both views through "
         "the SimCLR learner (PPCL = NT-Xent), backward, the recipe's SGD + schedule."),
         ("- lightly: `SimCLRTransform(input_size=28, cj_prob=0.8, cj_bright=0.4, cj_contrast=0.4, cj_sat=0, "
