@@ -640,6 +640,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as err:
         raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is not a text file (UTF-8 YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

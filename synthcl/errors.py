@@ -6,6 +6,13 @@ import difflib
 from collections.abc import Iterable
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty (an
+    ``EOFError()`` from a truncated file has none)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class SynthclError(Exception):
     """Base class for errors caused by the user's input (recipes, data, run directories).
 

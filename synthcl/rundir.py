@@ -13,9 +13,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from synthcl.config import Recipe, read_run_recipe, recipe_to_dict
 from synthcl.errors import ConfigError, RunDirError
+from synthcl.io import atomic_write_json
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.csv"
@@ -23,9 +25,13 @@ STATUS_FILE = "run.json"
 LAST = "last"
 """The checkpoint a run resumes from: ``checkpoints/last``."""
 LOCK_FILE = ".lock"
+REPLACED = ".replaced"
+"""Where ``--overwrite`` moves the old run until the new one has written its first checkpoint."""
+RUN_FORMAT = "synthcl-run/1"
+"""The marker in ``run.json`` that only synthcl writes: ``--overwrite`` replaces only folders that carry it."""
 # What a run writes into its directory: --overwrite removes these, and refuses a folder that holds anything
 # else (a file of the user's is never deleted).
-RUN_ENTRIES = frozenset({RECIPE_FILE, STATUS_FILE, METRICS_FILE, LOCK_FILE, "checkpoints", "tensorboard",
+RUN_ENTRIES = frozenset({RECIPE_FILE, STATUS_FILE, METRICS_FILE, LOCK_FILE, REPLACED, "checkpoints", "tensorboard",
                          "backbone.safetensors", "backbone.json", "generator", "generator-pretrain", "samples",
                          "pairs", "report"})
 RUN_PATTERNS = ("eval*.json", "eval*.png")
@@ -35,7 +41,23 @@ RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "
 
 
 def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run to read (evaluate, resume, report): a recipe and a status file."""
     return (path / RECIPE_FILE).is_file() and (path / STATUS_FILE).is_file()
+
+
+def is_marked_run(path: Path) -> bool:
+    """Whether ``path`` holds a run that synthcl wrote: its ``run.json`` carries :data:`RUN_FORMAT` (or the
+    run was replaced mid-way and its old run waits in :data:`REPLACED`)."""
+    try:
+        status = json.loads((path / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return (path / REPLACED).is_dir()
+    return (isinstance(status, dict) and str(status.get("format", "")).startswith("synthcl-run/")) or (path / REPLACED).is_dir()
+
+
+def write_status(run_dir: Path, status: str, step: int, **extra: Any) -> None:
+    """Write ``run.json`` (atomically) with the run marker, the status and the step."""
+    atomic_write_json(run_dir / STATUS_FILE, {"format": RUN_FORMAT, "status": status, "step": step, **extra})
 
 
 def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> list[str]:
@@ -91,6 +113,12 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
                 f"{run_dir} holds files that are not the run's ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}); move them before --overwrite, or choose another --out"
             )
+        if not is_marked_run(run_dir):
+            raise RunDirError(
+                f"{run_dir} looks like a run but has no synthcl run marker in {STATUS_FILE} (made by hand or by "
+                "synthcl before 0.2); --overwrite replaces only runs synthcl wrote: remove it yourself or choose "
+                "another --out"
+            )
         # The old run is removed by clear_old_run, once the new one has its data and model: a run that
         # fails before that (missing data, a bad option) leaves the old run as it was.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,15 +130,50 @@ def _is_run_entry(path: Path) -> bool:
     return path.name in RUN_ENTRIES or any(path.match(p) for p in RUN_PATTERNS)
 
 
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _run_entries(run_dir: Path) -> list[Path]:
+    """What a run wrote into ``run_dir``, without this run's lock and the old run set aside."""
+    return [e for e in run_dir.iterdir() if e.name not in (LOCK_FILE, REPLACED) and _is_run_entry(e)]
+
+
 def clear_old_run(run_dir: Path) -> None:
-    """Remove what an earlier run wrote into ``run_dir`` (``--overwrite``), keeping the lock of this one."""
-    for entry in run_dir.iterdir():
-        if entry.name == LOCK_FILE or not _is_run_entry(entry):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    """``--overwrite``: move the earlier run in ``run_dir`` aside (into :data:`REPLACED`), keeping this run's
+    lock. :func:`drop_replaced_run` deletes it once the new run has written its first checkpoint;
+    :func:`lock_released_on_error` puts it back if the new run fails before that. If an earlier replacement
+    was killed half-way, the run it had set aside is the one kept, and the killed run's files go."""
+    aside = run_dir / REPLACED
+    if aside.is_dir():
+        for entry in _run_entries(run_dir):
+            _remove(entry)
+        return
+    aside.mkdir()
+    for entry in _run_entries(run_dir):
+        entry.rename(aside / entry.name)
+
+
+def drop_replaced_run(run_dir: Path) -> None:
+    """Delete the run that ``--overwrite`` set aside: the new run has a checkpoint of its own now."""
+    aside = run_dir / REPLACED
+    if aside.is_dir():
+        shutil.rmtree(aside)
+
+
+def restore_replaced_run(run_dir: Path) -> None:
+    """Put the run set aside by ``--overwrite`` back, removing what the failed new run wrote."""
+    aside = run_dir / REPLACED
+    if not aside.is_dir():
+        return
+    for entry in _run_entries(run_dir):
+        _remove(entry)
+    for entry in aside.iterdir():
+        entry.rename(run_dir / entry.name)
+    aside.rmdir()
 
 
 def acquire_lock(run_dir: Path) -> None:
@@ -144,10 +207,13 @@ def release_lock(run_dir: Path) -> None:
 
 @contextlib.contextmanager
 def lock_released_on_error(run_dir: Path) -> Iterator[None]:
-    """Give the lock of ``run_dir`` back if the block raises (a failed or interrupted run)."""
+    """If the block raises (a failed or interrupted run) while this process holds ``run_dir``: put back a run
+    that ``--overwrite`` had set aside and that no checkpoint replaced yet, then give the lock back."""
     try:
         yield
     except BaseException:
+        if _lock_owner(run_dir / LOCK_FILE) == os.getpid():
+            restore_replaced_run(run_dir)
         release_lock(run_dir)
         raise
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synthcl.errors import CheckpointError
+from synthcl.errors import CheckpointError, first_line
 from synthcl.io import atomic_write
 
 
@@ -38,7 +38,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line(err)})") from None
 
 
 def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:

@@ -193,3 +193,72 @@ def test_a_full_disk_while_checkpointing_gets_one_line_and_keeps_the_last_checkp
     import json
 
     assert json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom at the first step"), KeyboardInterrupt()])
+def test_overwrite_that_fails_after_the_model_is_built_puts_the_old_run_back(
+        failure, tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    """The old run is moved aside, not deleted, until the new run has a checkpoint: a failure or Ctrl-C at
+    the first step (after data and model were built) restores it byte for byte."""
+    from synthcl.training import step as step_module
+
+    recipe = tiny_recipe_file()
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+
+    def fail(self, step, images, real=None):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(step_module.LearnerStep, "__call__", fail)
+        with pytest.raises(type(failure)):
+            train(recipe, out=run, overwrite=True, quiet=True)
+    assert tree_digest(run) == before
+    assert not (run / ".replaced").exists() and not (run / LOCK_FILE).exists()
+
+
+def test_overwrite_drops_the_old_run_at_the_first_checkpoint(tmp_path, one_thread, tiny_recipe, monkeypatch):
+    """Once the new run has written a checkpoint the old run is gone; until then it waits in .replaced."""
+    from synthcl.training import loop
+
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    seen = []
+    original = loop.save_checkpoint
+
+    def spy(run_dir, *args, **kwargs):
+        seen.append((run_dir / ".replaced").is_dir())
+        return original(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    train(tiny_recipe(optim={"lr": 0.01}), out=run, overwrite=True, quiet=True)
+    assert seen[0] is True  # the old run was still there, aside, until the first checkpoint was written
+    assert not (run / ".replaced").exists()
+    assert "lr: 0.01" in (run / "recipe.yaml").read_text()
+
+
+def test_overwrite_replaces_only_folders_with_synthcls_marker(tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    """A folder that merely has files named recipe.yaml and run.json is not a run to delete."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("my notes on recipes\n")
+    (folder / "run.json").write_text('{"status": "my own json"}')
+    before = tree_digest(folder)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(folder), "--overwrite", "-q")
+    assert_one_line_error(code, err, "no synthcl run marker")
+    assert tree_digest(folder) == before
+
+
+def test_a_replacement_killed_half_way_keeps_the_older_complete_run(tmp_path, one_thread, tiny_recipe):
+    """SIGKILL between moving the old run aside and the first checkpoint leaves .replaced: the next
+    --overwrite keeps that complete run aside (not the killed one's partial files) until it has its own."""
+    from synthcl.rundir import clear_old_run, restore_replaced_run
+
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    complete = tree_digest(run)
+    clear_old_run(run)  # what a killed --overwrite left: the old run aside...
+    (run / "metrics.csv").write_text("step,loss\n1,nan\n")  # ...and a partial new run
+    clear_old_run(run)  # the next --overwrite
+    assert not (run / "metrics.csv").exists() and (run / ".replaced").is_dir()
+    restore_replaced_run(run)
+    assert tree_digest(run) == complete

@@ -1,6 +1,8 @@
 """Typer commands: train, eval, recipes. Each parses its arguments and calls one library function.
 
-User errors (:class:`~synthcl.errors.SynthclError`) print one line to stderr and exit with status 2.
+User errors (:class:`~synthcl.errors.SynthclError`) print one line to stderr and exit with status 2. Any other
+error prints one line naming a log file that holds its traceback and exits with status 1
+(``SYNTHCL_DEBUG=1`` lets the traceback through instead).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthcl.errors import SynthclError
+from synthcl.errors import SynthclError, first_line
 
 app = typer.Typer(
     name="synthcl",
@@ -27,6 +29,7 @@ recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_
 app.add_typer(recipes_app, name="recipes")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 def _fail(message: str) -> None:
@@ -52,7 +55,7 @@ def load_code(paths: list[Path]) -> None:
             _fail(f"--code {path}: syntax error at line {err.lineno}: {err.msg}")
         except Exception as err:  # the user's file raised while being imported
             sys.modules.pop(spec.name, None)
-            _fail(f"--code {path}: {type(err).__name__} while importing it: {str(err).splitlines()[0] if str(err) else ''}")
+            _fail(f"--code {path}: {type(err).__name__} while importing it: {first_line(err)}")
 
 
 CodeOption = Annotated[
@@ -307,7 +310,29 @@ def main() -> None:
                        err=True)
             sys.exit(EXIT_USER_ERROR)
         if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text.lower():
-            raise
+            _crash(err)
         typer.echo("error: out of memory (a size in the recipe is too large for this machine: batch, image size, "
                    "model width, synthesis.ratio)", err=True)
         sys.exit(EXIT_USER_ERROR)
+    except Exception as err:  # anything else is a bug: one line and the traceback in a file, never on screen
+        _crash(err)
+
+
+def _crash(err: BaseException) -> None:
+    """Report an unexpected error in one line, its traceback written to a log file; exit with status 1."""
+    import tempfile
+    import time
+    import traceback
+
+    if os.environ.get("SYNTHCL_DEBUG"):
+        raise err
+    log: Path | None = Path(tempfile.gettempdir()) / f"synthcl-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.write_text("".join(traceback.format_exception(err)))
+    except OSError:
+        log = None
+    text = str(err).strip().splitlines()
+    where = f"the traceback is in {log}" if log else "set SYNTHCL_DEBUG=1 to see the traceback"
+    typer.echo(f"error: unexpected {type(err).__name__}{': ' + text[0] if text else ''} (a bug in synthcl or in "
+               f"--code; {where})", err=True)
+    sys.exit(EXIT_INTERNAL_ERROR)

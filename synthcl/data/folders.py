@@ -84,6 +84,8 @@ def _read_class_list(path: Path) -> list[str]:
         lines = path.read_text().splitlines()
     except OSError as error:
         raise DataError(f"cannot read class list '{path}': {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"class list '{path}' is not a UTF-8 text file") from None
     classes = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not classes:
         raise DataError(f"class list '{path}' is empty")

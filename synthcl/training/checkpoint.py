@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from synthcl.errors import CheckpointError
+from synthcl.errors import CheckpointError, first_line
 from synthcl.io import _UMASK, atomic_write_json
 from synthcl.rundir import LAST
 from synthcl.weights import _tensors, load_weights, save_weights
@@ -84,7 +84,7 @@ def load_checkpoint(path: Path, learner: nn.Module, extra: dict[str, nn.Module] 
         if not isinstance(state, dict):
             raise ValueError("state.pt holds no training state")
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line(err)})") from None
     return state, meta
 
 
@@ -95,7 +95,7 @@ def state_of(path: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
-        detail = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        detail = f"missing {err}" if isinstance(err, KeyError) else first_line(err)
         raise CheckpointError(f"checkpoint {path} does not fit this run ({detail}); retrain or resume from another") from None
 
 

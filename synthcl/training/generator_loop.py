@@ -17,15 +17,17 @@ import torch
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
 from synthcl.errors import ConfigError, DataError
-from synthcl.io import atomic_write_json, atomic_write_text
+from synthcl.io import atomic_write_text
 from synthcl.rundir import (
     RECIPE_FILE,
     STATUS_FILE,
     clear_old_run,
+    drop_replaced_run,
     lock_released_on_error,
     prepare_run_dir,
     release_lock,
     resumable_checkpoint,
+    write_status,
 )
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint, state_of
@@ -89,6 +91,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
         if d_opt is not None:
             state["critic_optimizer"] = d_opt.state_dict()
         save_checkpoint(run_dir, generator, state, {"step": step, "epoch": step / steps_per_epoch, **info})
+        drop_replaced_run(run_dir)  # --overwrite: the old run goes once this one can be resumed
 
     fixed_latents = generator.sample_latents(g.samples, torch.Generator(device=device).manual_seed(t.seed))
 
@@ -173,7 +176,7 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
                 train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
                                 overwrite=False, quiet=quiet)
         except RunInterrupted:
-            atomic_write_json(run_dir / STATUS_FILE, {"status": "interrupted", "step": 0})
+            write_status(run_dir, "interrupted", 0)
             raise RunInterrupted(
                 f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
             ) from None

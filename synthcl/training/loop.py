@@ -13,15 +13,16 @@ from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps, uses_generator
 from synthcl.errors import ConfigError, DataError
 from synthcl.interfaces import ContrastiveLearner
-from synthcl.io import atomic_write_json, atomic_write_text
+from synthcl.io import atomic_write_text
 from synthcl.rundir import (
     RECIPE_FILE,
-    STATUS_FILE,
     clear_old_run,
+    drop_replaced_run,
     lock_released_on_error,
     prepare_run_dir,
     release_lock,
     resumable_checkpoint,
+    write_status,
 )
 from synthcl.training.build import (
     build_augment,
@@ -91,7 +92,7 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
             clear_old_run(run_dir)
         if not resume:
             atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
-            atomic_write_json(run_dir / STATUS_FILE, {"status": "pretraining generator", "step": 0})
+            write_status(run_dir, "pretraining generator", 0)
         build_recipe = pretrain_in_run(recipe, run_dir, quiet=quiet)
         resume, overwrite = True, False  # the run directory is this run's own from here on
 
@@ -180,6 +181,7 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
                 state["grad_scaler"] = accelerator.scaler.state_dict()
             save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info},
                             extra=extra_modules)
+            drop_replaced_run(run_dir)  # --overwrite: the old run goes once this one can be resumed
         accelerator.wait_for_everyone()
 
     session = RunSession(

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from synthcl.errors import RunDirError, SynthclError, TrainingDiverged
-from synthcl.io import atomic_write_json, atomic_write_text
+from synthcl.io import atomic_write_text
 from synthcl.progress import ProgressBar
-from synthcl.rundir import LAST, METRICS_FILE, STATUS_FILE
+from synthcl.rundir import LAST, METRICS_FILE, write_status
 
 # t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
 # synchronisation, this is the time to issue the work).
@@ -160,8 +160,7 @@ class RunSession:
 
     def write_status(self, status: str, step: int, **extra: Any) -> None:
         if self.main:
-            atomic_write_json(self.run_dir / STATUS_FILE,
-                              {"status": status, "step": step, "total_steps": self.run_steps, **self.info, **extra})
+            write_status(self.run_dir, status, step, total_steps=self.run_steps, **self.info, **extra)
 
     def record(self, step: int, losses: Tensor) -> None:
         """Add a step's losses (1-D, on the device) to the interval; flag the first non-finite one."""

@@ -1,0 +1,126 @@
+"""Careless and hostile input, drawn at random: many override values against every recipe key, and damaged
+run files against eval and resume. Whatever comes in, the CLI answers with exit status 2 and one line
+(or succeeds), never a traceback, and a refused command leaves every file it found byte-identical.
+An unexpected error becomes one line naming a log of its traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+import typing
+
+import pytest
+from test_cli import run_cli, tree_digest
+
+from synthcl.config import Recipe
+
+VALUES = ["nan", "inf", "-inf", "-1", "0", "1", "-0.5", "0.5", "1.5", "2", "1e308", "-1e308", "1e-300",
+          "1180591620717411303424", "9" * 40, "abc", "''", "null", "true", "false", "[]", "[1, 2, 3]", "[nan, 1]",
+          "{}", "{a: 1}", "[[1]]", "../../etc", "/abs", "!!python/object:os.system 'true'", "0x10", "1_000"]
+
+
+def recipe_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key of the recipe schema (nested sections expanded)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        section = tp if dataclasses.is_dataclass(tp) else (args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None)
+        if section is not None:
+            keys += recipe_keys(section, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def assert_refused_in_one_line(code: int, err: str) -> None:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny finished run, trained once for the module."""
+    import yaml
+    from conftest import TINY
+
+    from synthcl.training import train
+
+    root = tmp_path_factory.mktemp("fuzz")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    train(recipe, out=root / "run", quiet=True)
+    return recipe, root / "run"
+
+
+def test_random_override_values_never_crash(finished_run, monkeypatch, capsys, one_thread):
+    """300 (key, value) draws: each one is refused in one line (a bad value, or a valid one refused because
+    the run directory exists) and the existing run is untouched."""
+    recipe, run = finished_run
+    before = tree_digest(run)
+    keys = recipe_keys()
+    assert len(keys) > 80  # the schema really was walked
+    rng = random.Random(0)
+    for _ in range(300):
+        key, value = rng.choice(keys), rng.choice(VALUES)
+        code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), f"{key}={value}", "--out", str(run), "--quiet")
+        assert_refused_in_one_line(code, err)
+    assert tree_digest(run) == before
+
+
+DAMAGE = {
+    "empty": lambda data: b"",
+    "half": lambda data: data[: len(data) // 2],
+    "garbage": lambda data: bytes(random.Random(len(data)).getrandbits(8) for _ in range(64)),
+    "json-list": lambda data: b"[]",
+    "json-wrong-types": lambda data: b'{"step": "x", "feature_dim": [1], "learner": 3}',
+}
+
+
+def test_damaged_run_files_never_crash(finished_run, tmp_path, monkeypatch, capsys, one_thread):
+    """Every run file under each damage: eval and resume either succeed or refuse in one line; a refusal
+    changes nothing."""
+    recipe, run = finished_run
+    files = sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+    assert len(files) >= 6
+    rng = random.Random(1)
+    cases = rng.sample([(f, d) for f in files for d in DAMAGE], 36)
+    for i, (name, damage) in enumerate(cases):
+        copy = tmp_path / f"case{i}"
+        shutil.copytree(run, copy)
+        target = copy / name
+        target.write_bytes(DAMAGE[damage](target.read_bytes()))
+        for command in (["eval", str(copy), "--protocol", "knn", "--quiet"],
+                        ["train", str(recipe), "--out", str(copy), "--resume", "--quiet"]):
+            before = tree_digest(copy)
+            code, _, err = run_cli(monkeypatch, capsys, *command)
+            assert "Traceback" not in err, (name, damage, command, err)
+            if code != 0:
+                assert_refused_in_one_line(code, err)
+                assert tree_digest(copy) == before, (name, damage, command)
+
+
+def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path):
+    import synthcl.config
+
+    def broken(name):
+        raise ValueError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(synthcl.config, "find_recipe", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("SYNTHCL_DEBUG", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    code, _, err = run_cli(monkeypatch, capsys, "recipes", "show", "quickstart")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("error: unexpected ValueError: something inside broke")
+    logs = list(tmp_path.glob("synthcl-error-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    assert "Traceback" in logs[0].read_text() and "broken" in logs[0].read_text()
+    monkeypatch.setenv("SYNTHCL_DEBUG", "1")
+    with pytest.raises(ValueError, match="something inside broke"):
+        run_cli(monkeypatch, capsys, "recipes", "show", "quickstart")
