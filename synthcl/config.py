@@ -636,14 +636,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: on unreadable files or invalid YAML, naming the file and line.
     """
+    from synthcl.io import MAX_SMALL_FILE, read_small_text
+
     try:
-        text = Path(path).read_text()
+        text = read_small_text(path)
     except OSError as err:
         raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"recipe {path} is not a text file (UTF-8 YAML)") from None
+    except ValueError:
+        raise ConfigError(f"recipe {path} is larger than {MAX_SMALL_FILE // 2**20} MiB: not a recipe") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

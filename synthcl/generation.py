@@ -10,6 +10,11 @@ from synthcl.errors import ConfigError, RunDirError
 from synthcl.interfaces import Generator
 from synthcl.viz import save_pair_ladder, save_sample_grid
 
+MAX_GRID = 16384
+"""Most images in one PNG grid: beyond it the picture is unreadable and its memory unbounded."""
+GENERATE_BATCH = 256
+"""Latents per generator call when drawing a grid: memory stays bounded whatever ``--n`` is."""
+
 
 def load_generator(path: str | Path) -> Generator:
     """The generator of a generator run (its ``generator/`` export or last checkpoint) or of a
@@ -71,9 +76,13 @@ def check_png_target(out: str | Path) -> Path:
 @torch.no_grad()
 def write_samples(run: str | Path, out: str | Path, *, n: int = 64, seed: int = 0) -> Path:
     """Write a grid of ``n`` samples of the run's generator to ``out`` (PNG)."""
+    if n > MAX_GRID:
+        raise ConfigError(f"--n {n}: a grid holds at most {MAX_GRID} samples")
     out = check_png_target(out)
     generator = load_generator(run)
-    images = generator(generator.sample_latents(n, torch.Generator().manual_seed(seed)))
+    z = generator.sample_latents(n, torch.Generator().manual_seed(seed))
+    # In batches: the generator's activations stay bounded whatever n is; only the images are kept.
+    images = torch.cat([generator(part).cpu() for part in z.split(GENERATE_BATCH)])
     return save_sample_grid(images, out)
 
 
@@ -82,6 +91,8 @@ def write_pair_ladder(run: str | Path, out: str | Path, *, n: int = 8, max_hardn
                       rungs: int = 5, seed: int = 0) -> Path:
     """Write ``n`` rows of positive pairs (generator, partner) at ``rungs`` hardness levels from 0 to
     ``max_hardness``: each row keeps its latent, so the pair drifts apart from left to right."""
+    if 2 * n * rungs > MAX_GRID:
+        raise ConfigError(f"--n {n} pairs x {rungs} rungs: a ladder holds at most {MAX_GRID} images")
     out = check_png_target(out)
     generator = load_generator(run)
     z = generator.sample_latents(n, torch.Generator().manual_seed(seed))

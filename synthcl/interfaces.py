@@ -276,15 +276,14 @@ class Generator(nn.Module, abc.ABC):
             CheckpointError: if the folder is incomplete or damaged, names another generator than
                 ``cls``, or its weights do not fit the architecture.
         """
-        import json
-
         from synthcl.errors import CheckpointError, RegistryError
+        from synthcl.io import read_json
         from synthcl.registry import GENERATORS
         from synthcl.weights import load_weights
 
         folder = Path(folder)
         try:
-            meta = json.loads((folder / "config.json").read_text())
+            meta = read_json(folder / "config.json")
             name, config = meta["generator"], dict(meta["config"])
         except (OSError, ValueError, KeyError, TypeError):
             raise CheckpointError(f"{folder} holds no readable generator config.json") from None

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename over the target."""
+"""Atomic file writes (write to a temporary file in the same folder, then rename over the target) and
+bounded reads of small files that may be damaged or hostile."""
 
 from __future__ import annotations
 
@@ -46,3 +47,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+MAX_SMALL_FILE = 16 * 2**20
+"""Run files read whole (JSON, YAML recipes) are never larger than this; a larger one is not synthcl's."""
+
+
+def read_small_text(path: str | Path, limit: int = MAX_SMALL_FILE) -> str:
+    """The text of a small file, refusing one larger than ``limit`` bytes (ValueError)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(f"{path} is {size} bytes, more than the {limit} a file of this kind can be")
+    return path.read_text()
+
+
+def read_json(path: str | Path, limit: int = MAX_SMALL_FILE) -> Any:
+    """``json.loads`` of a small file; too large, not UTF-8, not JSON or nested too deeply: ValueError."""
+    try:
+        return json.loads(read_small_text(path, limit))
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a run file") from None

@@ -8,7 +8,6 @@ generation and reports read it through this module alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 from synthcl.config import Recipe, read_run_recipe, recipe_to_dict
 from synthcl.errors import ConfigError, RunDirError
-from synthcl.io import atomic_write_json
+from synthcl.io import atomic_write_json, read_json
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.csv"
@@ -49,7 +48,7 @@ def is_marked_run(path: Path) -> bool:
     """Whether ``path`` holds a run that synthcl wrote: its ``run.json`` carries :data:`RUN_FORMAT` (or the
     run was replaced mid-way and its old run waits in :data:`REPLACED`)."""
     try:
-        status = json.loads((path / STATUS_FILE).read_text())
+        status = read_json(path / STATUS_FILE)
     except (OSError, ValueError):
         return (path / REPLACED).is_dir()
     return (isinstance(status, dict) and str(status.get("format", "")).startswith("synthcl-run/")) or (path / REPLACED).is_dir()
@@ -261,7 +260,7 @@ def resumable_checkpoint(run_dir: Path) -> Path | None:
         if (candidate / "meta.json").is_file():
             return candidate
     try:
-        recorded = int(json.loads((run_dir / STATUS_FILE).read_text()).get("step", 0))
+        recorded = int(read_json(run_dir / STATUS_FILE).get("step", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         recorded = 0
     if recorded > 0:

@@ -124,3 +124,69 @@ def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path
     monkeypatch.setenv("SYNTHCL_DEBUG", "1")
     with pytest.raises(ValueError, match="something inside broke"):
         run_cli(monkeypatch, capsys, "recipes", "show", "quickstart")
+
+
+# --- resource bounds on untrusted files ------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    import gzip
+
+    from synthcl.data import formats
+    from synthcl.errors import DataError
+
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0" * 2**20))  # 1 MiB of zeros
+    monkeypatch.setattr(formats, "MAX_DECOMPRESSED", 2**16)
+    with pytest.raises(DataError, match="decompresses to more than 65536 bytes"):
+        formats._read_idx(tmp_path, "train-images-idx3-ubyte")
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, "a: " + "{b: " * 20_000 + "1" + "}" * 20_000])
+def test_deeply_nested_recipes_and_run_files_are_one_line(tmp_path, monkeypatch, capsys, content):
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text(content)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "-q")
+    assert_refused_in_one_line(code, err)
+    from synthcl.io import read_json
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_json(tmp_path / "deep.json")
+
+
+def test_oversized_run_files_are_refused(tmp_path, finished_run, monkeypatch, capsys, one_thread):
+    _, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "backbone.json").write_text(" " * (16 * 2**20 + 1))
+    before = tree_digest(copy)
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(copy), "--protocol", "knn", "-q")
+    assert_refused_in_one_line(code, err)
+    assert tree_digest(copy) == before
+
+
+def test_generate_draws_in_batches_and_bounds_the_grid(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from synthcl import generation
+    from synthcl.registry import GENERATORS
+
+    folder = tmp_path / "gan"
+    torch.manual_seed(0)
+    GENERATORS.get("gan")(image_size=28, channels=1, preset="tiny").save_pretrained(folder)
+    sizes = []
+    original = generation.load_generator
+
+    def spying_loader(path):
+        g = original(path)
+        forward = g.forward
+        g.forward = lambda z: sizes.append(z.shape[0]) or forward(z)
+        return g
+
+    monkeypatch.setattr(generation, "load_generator", spying_loader)
+    monkeypatch.setattr(generation, "GENERATE_BATCH", 16)
+    generation.write_samples(folder, tmp_path / "grid.png", n=40)
+    assert sizes == [16, 16, 8]
+    code, _, err = run_cli(monkeypatch, capsys, "generate", str(folder), "--n", "100000", "--out", str(tmp_path / "big.png"))
+    assert_refused_in_one_line(code, err)
+    assert "at most 16384" in err and not (tmp_path / "big.png").exists()

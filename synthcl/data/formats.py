@@ -26,13 +26,30 @@ logger = logging.getLogger(__name__)
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+MAX_DECOMPRESSED = 4 * 2**30
+"""A compressed dataset file that inflates beyond this is refused (a decompression bomb, not a dataset)."""
+
+
+def _bounded_gunzip(path: Path, limit: int | None = None) -> bytes:
+    """gzip-decompress ``path`` in chunks, refusing to inflate beyond ``limit`` bytes (DataError)."""
+    limit = MAX_DECOMPRESSED if limit is None else limit
+    chunks, total = [], 0
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(2**24):
+            total += len(chunk)
+            if total > limit:
+                raise DataError(f"'{path}' decompresses to more than {limit} bytes: not a dataset file")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _read_idx(folder: Path, stem: str) -> np.ndarray:
     """Read ``<folder>/<stem>`` or ``<stem>.gz`` in the IDX format (big-endian header, then raw array)."""
     path = folder / stem if (folder / stem).is_file() else folder / f"{stem}.gz"
     if not path.is_file():
         raise DataError(f"missing {stem} (or {stem}.gz) in {folder}")
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = _bounded_gunzip(path) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:  # zlib.error: a corrupt compressed body
         raise DataError(f"cannot read '{path}': {error}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:

@@ -17,7 +17,6 @@ nothing else in the run directory is touched.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 from synthcl._version import __version__
 from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
-from synthcl.io import atomic_write
+from synthcl.io import atomic_write, read_json
 from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
 
 REPORT_DIR = "report"
@@ -124,7 +123,7 @@ def _has_data(metrics: dict[str, list[float]], column: str) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

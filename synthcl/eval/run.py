@@ -5,7 +5,6 @@ resized and standardised exactly as the encoder sees them, flattened, no encoder
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
 from synthcl.errors import CheckpointError, ConfigError, RegistryError, RunDirError
 from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
-from synthcl.io import atomic_write_json
+from synthcl.io import atomic_write_json, read_json
 from synthcl.nn.backbones import build_backbone
 from synthcl.rundir import LAST, RECIPE_FILE, is_run_dir
 from synthcl.weights import load_weights
@@ -31,7 +30,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except (OSError, ValueError):
         raise CheckpointError(f"{path} is truncated or corrupt") from None
     if not isinstance(data, dict):

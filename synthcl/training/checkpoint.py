@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from synthcl.errors import CheckpointError, first_line
-from synthcl.io import _UMASK, atomic_write_json
+from synthcl.io import _UMASK, atomic_write_json, read_json
 from synthcl.rundir import LAST
 from synthcl.weights import _tensors, load_weights, save_weights
 
@@ -78,7 +78,7 @@ def load_checkpoint(path: Path, learner: nn.Module, extra: dict[str, nn.Module] 
         load_weights(module, path / f"{key}.safetensors")
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        meta = json.loads((path / "meta.json").read_text())
+        meta = read_json(path / "meta.json")
         if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] < 0:
             raise ValueError("meta.json has no step count")
         if not isinstance(state, dict):

@@ -8,7 +8,6 @@ resume, NaN stop; plus sample grids in ``samples/`` and the final generator in `
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
 from synthcl.errors import ConfigError, DataError
-from synthcl.io import atomic_write_text
+from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import (
     RECIPE_FILE,
     STATUS_FILE,
@@ -185,6 +184,6 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
 
 def _read_status(path: Path) -> str | None:
     try:
-        return str(json.loads(path.read_text()).get("status"))
+        return str(read_json(path).get("status"))
     except (OSError, ValueError, AttributeError):
         return None
