@@ -78,137 +78,44 @@ def train(
 
 
 def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
-    t, o = recipe.train, recipe.optim
-
-    # 1b. The generator's warm-up inside the run (generator.pretrain_steps): generator-only steps before
-    #     the learner's first, in a generator run of their own that a resumed run resumes or reuses.
-    build_recipe = recipe
-    if needs_in_run_pretraining(recipe):
-        from synthcl.training.generator_loop import pretrain_in_run
-
-        recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
-        if overwrite:
-            load_train_source(recipe)  # the data must be there before the old run goes
-            clear_old_run(run_dir)
-        if not resume:
-            atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
-            write_status(run_dir, "pretraining generator", 0)
-        build_recipe = pretrain_in_run(recipe, run_dir, quiet=quiet)
-        resume, overwrite = True, False  # the run directory is this run's own from here on
-
+    # 1b. The generator's warm-up inside the run (generator.pretrain_steps), then the run directory.
+    recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet)
+    t = recipe.train
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     if main:
         recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
     accelerator.wait_for_everyone()
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
 
-    # 2. Data: the (fraction of the) training set, device-resident when it fits in memory.
-    source = load_train_source(recipe)
-    if t.batch_size % world:
-        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
-    steps_per_epoch = source.batches_per_epoch(t.batch_size)
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
-            "lower train.batch_size or raise data.fraction"
-        )
-    total_steps = schedule_steps(t, steps_per_epoch)
-    run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    mean, std = channel_stats(source)
-    augment = build_augment(recipe.augment, source, mean, std).to(device)
-    sy = recipe.synthesis
-    synthetic_augment = None if sy.augment is None else build_augment(sy.augment, source, mean, std).to(device)
-
-    # 3. Model, optimizer, schedule (the same initial weights on every process).
-    torch.manual_seed(t.seed)
-    learner = build_learner(recipe, source.channels)
-    if sy.synthetic_weight != 1.0 and not learner.takes_weights():
-        raise ConfigError(f"synthesis.synthetic_weight needs a learner whose loss takes anchor weights; "
-                          f"'{recipe.model.learner}' does not (add a `weights` argument to its loss)")
-    if t.channels_last:
-        learner = learner.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(learner, o)
-    scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
-    synth = build_synthesizer(build_recipe, source, device, total_steps)
-    extra_modules = {"generator": synth.generator} if synth is not None else None
+    # 2.-3. Data, augmentation, model, optimizer, schedule, synthesizer; only then the old run is set aside.
+    run = _build_run(recipe, build_recipe, accelerator)
     if main and overwrite:
-        clear_old_run(run_dir)  # only now: data and model are built, so a bad run leaves the old one as it was
-
-    # 4. Resume: weights, optimizer and schedule from checkpoints/last.
-    start_step = 0
-    if resume and (found := resumable_checkpoint(run_dir)) is not None:
-        state, meta = load_checkpoint(found, learner, extra_modules)
-        with state_of(found):
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if synth is not None:
-                synth.load_state_dict(state["synthesis"])
-            if accelerator.scaler is not None and "grad_scaler" in state:
-                accelerator.scaler.load_state_dict(state["grad_scaler"])
-        start_step = meta["step"]
-
-    learner, optimizer = accelerator.prepare(learner, optimizer)
+        clear_old_run(run_dir)
+    # 4. Resume: weights, optimizer, schedule and synthesis state from checkpoints/last.
+    start_step = _resume(run, run_dir, accelerator) if resume else 0
+    learner, optimizer = accelerator.prepare(run.learner, run.optimizer)
     unwrapped: ContrastiveLearner = accelerator.unwrap_model(learner)
-    if t.compile:
-        # Only the training call (step 7) goes through the compiled wrapper; checkpoints, evaluation
-        # and the generator step use `unwrapped`, so saved keys never carry compile's `_orig_mod.`.
-        learner = compile_learner(learner, device)
-
+    if t.compile:  # only step 7 goes through the compiled wrapper: saved keys never carry `_orig_mod.`
+        learner = compile_learner(learner, accelerator.device)
     if main:
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
-    info = {
-        "learner": recipe.model.learner,
-        "backbone": recipe.model.backbone,
-        "in_channels": source.channels,
-        "image_size": source.image_size,
-        "options": {"cifar_stem": recipe.model.cifar_stem, "width": recipe.model.width, "norm": recipe.model.norm},
-        "feature_dim": unwrapped.backbone.feature_dim,
-        "normalization": {"mean": mean, "std": std},
-        "dataset": recipe.data.dataset,
-        "synthesis": recipe.synthesis.mode,
-        "processes": world,
-        "synthcl_version": __version__,
-    }
+    info = _run_info(recipe, run, unwrapped, accelerator.num_processes)
+    synth, source = run.synth, run.source
 
     def save(step: int) -> None:
         if main:
-            state = {"optimizer": optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": step}
-            if synth is not None:
-                state["synthesis"] = synth.state_dict()
-            if accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
-                state["grad_scaler"] = accelerator.scaler.state_dict()
-            save_checkpoint(run_dir, unwrapped, state, {"step": step, "epoch": step / steps_per_epoch, **info},
-                            extra=extra_modules)
+            save_checkpoint(run_dir, unwrapped, _training_state(run, optimizer, accelerator, step),
+                            {"step": step, "epoch": step / run.steps_per_epoch, **info}, extra=run.extra_modules)
             drop_replaced_run(run_dir)  # --overwrite: the old run goes once this one can be resumed
         accelerator.wait_for_everyone()
 
-    session = RunSession(
-        run_dir, info, run_steps=run_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
-        log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-        columns=METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else []), loss_names=["loss"], save=save,
-        divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
-        title=f"train {recipe.name}", quiet=quiet, main=main, device=device,
-        reduce=(lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None,
-        failure=(lambda: synth.failure) if synth is not None else None,
-    )
-    learner_step = LearnerStep(
-        learner, unwrapped, optimizer, scheduler, augment, synth, seed=t.seed, global_batch=t.batch_size,
-        total_steps=total_steps, views_per_image=recipe.augment.views, channels_last=t.channels_last,
-        grad_clip=o.grad_clip, rank=rank, world=world, backward=accelerator.backward, clip=accelerator.clip_grad_norm_,
-        synthetic_augment=synthetic_augment, synthetic_weight=sy.synthetic_weight,
-        extra_real=matched_views(source, t, sy.ratio, rank, world, device) if sy.mode == "matched-views" else None,
-        extra_ratio=sy.ratio,
-    )
+    session = _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet)
+    learner_step = _learner_step(recipe, run, learner, unwrapped, optimizer, accelerator)
 
     def row(done: int) -> dict[str, float]:
-        times = learner_step.times
-        learner_step.times = dict.fromkeys(times, 0.0)
-        out = {"lr": scheduler.get_last_lr()[0], "t_augment_s": times["augment"], "t_learner_s": times["learner"]}
-        if synth is not None:
-            out |= synthesis_row(synth, done, learner_step.features)
-        return out
+        times, learner_step.times = learner_step.times, dict.fromkeys(learner_step.times, 0.0)
+        out = {"lr": run.scheduler.get_last_lr()[0], "t_augment_s": times["augment"], "t_learner_s": times["learner"]}
+        return out | (synthesis_row(synth, done, learner_step.features) if synth is not None else {})
 
     if synth is not None and start_step == 0:
         synth.begin()  # e.g. the partner reset: before the first step, so a resumed run never repeats it
@@ -216,11 +123,12 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     learner.train()
     batches = None
     with session:
-        for step in range(start_step, run_steps):
-            epoch, index = divmod(step, steps_per_epoch)
+        for step in range(start_step, run.run_steps):
+            epoch, index = divmod(step, run.steps_per_epoch)
             if batches is None or index == 0:
-                batches = source.batches(t.batch_size, device=device, seed=t.seed, epoch=epoch,
-                                         start_batch=index, rank=rank, world_size=world)
+                batches = source.batches(t.batch_size, device=accelerator.device, seed=t.seed, epoch=epoch,
+                                         start_batch=index, rank=accelerator.process_index,
+                                         world_size=accelerator.num_processes)
             images, _ = next(batches)
 
             # 5.-9. Real and synthetic views, the learner update, momentum hooks, then the critic,
@@ -231,20 +139,157 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
             #     checkpoints, Ctrl-C (synthcl.training.session).
             session.record(step, loss.reshape(1))
             done = step + 1
-            if synth is not None and main and (done % recipe.synthesis.sample_every == 0 or done == run_steps):
+            if synth is not None and main and (done % recipe.synthesis.sample_every == 0 or done == run.run_steps):
                 write_synthesis_grids(synth, run_dir, done)
             session.end_step(done, row, progress=lambda r: {"loss": r["loss"], "lr": r["lr"]})
 
     # 11. Export the backbone for evaluation (and the generator) and mark the run complete.
     if main:
-        export_backbone(run_dir, unwrapped.backbone, {**info, "step": run_steps})
+        export_backbone(run_dir, unwrapped.backbone, {**info, "step": run.run_steps})
         if synth is not None:
             synth.generator.save_pretrained(run_dir / "generator")
-    session.write_status("completed", run_steps)
+    session.write_status("completed", run.run_steps)
     if main:
         release_lock(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+@dataclasses.dataclass
+class _Run:
+    """What steps 2 and 3 build for a learner run."""
+
+    source: Any
+    steps_per_epoch: int
+    total_steps: int
+    run_steps: int
+    mean: list[float]
+    std: list[float]
+    augment: Any
+    synthetic_augment: Any
+    learner: ContrastiveLearner
+    optimizer: Any
+    scheduler: Any
+    synth: Any
+    extra_modules: dict[str, Any] | None
+
+
+def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool,
+                       quiet: bool) -> tuple[Recipe, Recipe, bool, bool]:
+    """Step 1b: with ``generator.pretrain_steps``, generator-only steps before the learner's first, in a generator
+    run of its own (``generator-pretrain/``) that a resumed run resumes or reuses. Returns the recipe, the recipe
+    the synthesizer is built from (its generator pretrained), and the resume / overwrite flags left to apply."""
+    if not needs_in_run_pretraining(recipe):
+        return recipe, recipe, resume, overwrite
+    from synthcl.training.generator_loop import pretrain_in_run
+
+    recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+    if overwrite:
+        load_train_source(recipe)  # the data must be there before the old run is set aside
+        clear_old_run(run_dir)
+    if not resume:
+        atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+        write_status(run_dir, "pretraining generator", 0)
+    return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet), True, False  # the folder is this run's now
+
+
+def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any) -> _Run:
+    """Steps 2 and 3: the (fraction of the) training set, device-resident when it fits; the augmentations;
+    the learner with the same initial weights on every process; optimizer, schedule and synthesizer."""
+    t, o, sy, world, device = recipe.train, recipe.optim, recipe.synthesis, accelerator.num_processes, accelerator.device
+    source = load_train_source(recipe)
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
+    steps_per_epoch = source.batches_per_epoch(t.batch_size)
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
+            "lower train.batch_size or raise data.fraction"
+        )
+    total_steps = schedule_steps(t, steps_per_epoch)
+    mean, std = channel_stats(source)
+    augment = build_augment(recipe.augment, source, mean, std).to(device)
+    synthetic_augment = None if sy.augment is None else build_augment(sy.augment, source, mean, std).to(device)
+    torch.manual_seed(t.seed)
+    learner = build_learner(recipe, source.channels)
+    if sy.synthetic_weight != 1.0 and not learner.takes_weights():
+        raise ConfigError(f"synthesis.synthetic_weight needs a learner whose loss takes anchor weights; "
+                          f"'{recipe.model.learner}' does not (add a `weights` argument to its loss)")
+    if t.channels_last:
+        learner = learner.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(learner, o)
+    scheduler = build_scheduler(optimizer, o, steps_per_epoch, total_steps)
+    synth = build_synthesizer(build_recipe, source, device, total_steps)
+    return _Run(source, steps_per_epoch, total_steps, min(total_steps, t.max_steps) if t.max_steps else total_steps,
+                mean, std, augment, synthetic_augment, learner, optimizer, scheduler, synth,
+                {"generator": synth.generator} if synth is not None else None)
+
+
+def _resume(run: _Run, run_dir: Path, accelerator: Any) -> int:
+    """Step 4: load checkpoints/last (if any) into the run's objects; return the step to continue from."""
+    found = resumable_checkpoint(run_dir)
+    if found is None:
+        return 0
+    state, meta = load_checkpoint(found, run.learner, run.extra_modules)
+    with state_of(found):
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.synth is not None:
+            run.synth.load_state_dict(state["synthesis"])
+        if accelerator.scaler is not None and "grad_scaler" in state:
+            accelerator.scaler.load_state_dict(state["grad_scaler"])
+    return meta["step"]
+
+
+def _training_state(run: _Run, optimizer: Any, accelerator: Any, step: int) -> dict[str, Any]:
+    """What a checkpoint's state.pt holds beside the weights (keys unchanged since the first release)."""
+    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    state = {"optimizer": inner.state_dict(), "scheduler": run.scheduler.state_dict(), "step": step}
+    if run.synth is not None:
+        state["synthesis"] = run.synth.state_dict()
+    if accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
+        state["grad_scaler"] = accelerator.scaler.state_dict()
+    return state
+
+
+def _run_info(recipe: Recipe, run: _Run, unwrapped: ContrastiveLearner, world: int) -> dict[str, Any]:
+    """How to rebuild the backbone for evaluation, and what the run was (backbone.json, run.json, meta.json)."""
+    m = recipe.model
+    return {
+        "learner": m.learner, "backbone": m.backbone, "in_channels": run.source.channels,
+        "image_size": run.source.image_size, "options": {"cifar_stem": m.cifar_stem, "width": m.width, "norm": m.norm},
+        "feature_dim": unwrapped.backbone.feature_dim, "normalization": {"mean": run.mean, "std": run.std},
+        "dataset": recipe.data.dataset, "synthesis": recipe.synthesis.mode, "processes": world,
+        "synthcl_version": __version__,
+    }
+
+
+def _session(recipe: Recipe, run: _Run, run_dir: Path, info: dict[str, Any], start_step: int, save: Any,
+             accelerator: Any, quiet: bool) -> RunSession:
+    t, synth, world = recipe.train, run.synth, accelerator.num_processes
+    return RunSession(
+        run_dir, info, run_steps=run.run_steps, start_step=start_step, steps_per_epoch=run.steps_per_epoch,
+        log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+        columns=METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else []), loss_names=["loss"], save=save,
+        divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
+        title=f"train {recipe.name}", quiet=quiet, main=accelerator.is_main_process, device=accelerator.device,
+        reduce=(lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None,
+        failure=(lambda: synth.failure) if synth is not None else None,
+    )
+
+
+def _learner_step(recipe: Recipe, run: _Run, learner: Any, unwrapped: ContrastiveLearner, optimizer: Any,
+                  accelerator: Any) -> LearnerStep:
+    t, sy = recipe.train, recipe.synthesis
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    return LearnerStep(
+        learner, unwrapped, optimizer, run.scheduler, run.augment, run.synth, seed=t.seed, global_batch=t.batch_size,
+        total_steps=run.total_steps, views_per_image=recipe.augment.views, channels_last=t.channels_last,
+        grad_clip=recipe.optim.grad_clip, rank=rank, world=world, backward=accelerator.backward,
+        clip=accelerator.clip_grad_norm_, synthetic_augment=run.synthetic_augment, synthetic_weight=sy.synthetic_weight,
+        extra_real=matched_views(run.source, t, sy.ratio, rank, world, device) if sy.mode == "matched-views" else None,
+        extra_ratio=sy.ratio,
+    )
 
 
 SYNTHESIS_COLUMNS = ["critic_loss", "generator_loss", "hard_loss", "lambda_hard", "hard_weight", "grad_ratio",
