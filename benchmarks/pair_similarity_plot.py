@@ -7,8 +7,9 @@ perturbation of the schedule), against the training step. Rows before the genera
 are empty, are left out. Writes docs/images/pair-similarity.png by default.
 
 With ``--controller`` it draws the hardness controller of a run with ``synthesis.hardness_control: target``
-instead: the target pair cosine, the measured cosine of this step's pairs and of unrelated samples (all in
-the learner's projector space), and the hardness it chose.
+instead: the target and the measured pair similarity (the pair cosine relative to the cosine of unrelated
+samples), the raw cosines of pairs and of unrelated samples (all in the learner's projector space), and the
+hardness it chose.
 
     synthcl train fashion-mnist-joint --out runs/fashion-mnist-joint
     python benchmarks/pair_similarity_plot.py runs/fashion-mnist-joint/metrics.csv
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("pair_ssim", "pair_cosine", "hardness")
-CONTROLLER = ("pair_target", "pair_cosine_step", "random_cosine", "hardness")
+CONTROLLER = ("pair_target", "pair_similarity", "pair_cosine_step", "random_cosine", "hardness")
 
 
 def read_series(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict[str, list[tuple[int, float]]]:
@@ -52,8 +53,8 @@ def read_series(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict[str, lis
 
 LINES = {
     "pairs": (("pair_ssim", "SSIM (pixels)", "-"), ("pair_cosine", "cosine (learner features)", "--")),
-    "controller": (("pair_target", "target pair cosine", "-"), ("pair_cosine_step", "measured pair cosine", "--"),
-                   ("random_cosine", "cosine of unrelated samples", "-.")),
+    "controller": (("pair_target", "target pair similarity", "-"), ("pair_similarity", "measured pair similarity", "--"),
+                   ("pair_cosine_step", "pair cosine", ":"), ("random_cosine", "cosine of unrelated samples", "-.")),
 }
 
 
@@ -69,7 +70,7 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, kind
             steps, values = zip(*series[column])
             left.plot(steps, values, style, label=label)
     left.set_xlabel("training step")
-    left.set_ylabel("pair similarity" if kind == "pairs" else "cosine (learner projector)")
+    left.set_ylabel("pair similarity" if kind == "pairs" else "similarity / cosine (learner projector)")
     right = left.twinx()
     if series["hardness"]:
         steps, values = zip(*series["hardness"])

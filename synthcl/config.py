@@ -229,9 +229,10 @@ class SynthesisConfig:
     easy and drift apart as training goes on (False: keep the pretrained partner, which lags further)."""
     hardness_control: Literal["schedule", "target"] = "schedule"
     """schedule: ``hardness`` follows its linear schedule (open loop); target: a controller moves it so that
-    the learner's projector cosine between the members of a pair tracks ``pair_target``."""
+    the similarity of the members of a pair in the learner's projector space tracks ``pair_target``."""
     pair_target: float = 0.9
-    """Target cosine of pair members in the learner's projector space at the start of joint training..."""
+    """Target pair similarity at the start of joint training: the pair cosine relative to the cosine of
+    unrelated samples, ``(pair - random) / (1 - random)`` (1: identical, 0: as different as unrelated)..."""
     pair_target_final: float | None = 0.5
     """...moving linearly to this (None: constant): from easy pairs to hard ones."""
     control_every: int = 10
@@ -523,7 +524,7 @@ def validate(recipe: Recipe) -> None:
     _check(0 < sy.backoff < 1, f"synthesis.backoff must be in (0, 1), got {sy.backoff}")
     for key in ("pair_target", "pair_target_final"):
         value = getattr(sy, key)
-        _check(value is None or -1.0 <= value <= 1.0, f"synthesis.{key} must be a cosine in [-1, 1], got {value}")
+        _check(value is None or 0.0 <= value <= 1.0, f"synthesis.{key} must be a similarity in [0, 1], got {value}")
     _check(sy.control_every >= 1, f"synthesis.control_every must be >= 1, got {sy.control_every}")
     _check(sy.control_gain > 0, f"synthesis.control_gain must be > 0, got {sy.control_gain}")
     _check(sy.synthetic_weight > 0, f"synthesis.synthetic_weight must be > 0, got {sy.synthetic_weight}")

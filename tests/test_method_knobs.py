@@ -25,15 +25,16 @@ class Latent(Generator):
     """A toy generator whose image is its latent: the cosine of a pair (z, z + h n) in 64 dimensions is close
     to 1 / sqrt(1 + h^2), a known, falling function of the hardness."""
 
-    def __init__(self, image_size: int = 8, channels: int = 1) -> None:
+    def __init__(self, image_size: int = 8, channels: int = 1, offset: float = 0.0) -> None:
         super().__init__(image_size, channels)
         self.gain = nn.Parameter(torch.ones(()))
+        self.offset = offset  # a shared component: unrelated samples then look alike (high random cosine)
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.channels, self.image_size, self.image_size, generator=generator)
 
     def forward(self, z: Tensor) -> Tensor:
-        return z * self.gain
+        return z * self.gain + self.offset
 
     def realism_loss(self, fake: Tensor, real: Tensor) -> Tensor:
         return (fake.mean() - real.mean()) ** 2
@@ -73,22 +74,30 @@ def test_no_partner_reset_unless_asked():
     assert torch.allclose(gen.partner(z), z)
 
 
-@pytest.mark.parametrize("target", [0.9, 0.6])
-def test_controller_tracks_its_target_on_a_toy_generator(target):
-    """Whatever the starting hardness, the controller brings the measured pair cosine to the target."""
+@pytest.mark.parametrize(("target", "offset"), [(0.9, 0.0), (0.6, 0.0), (0.6, 2.0)])
+def test_controller_tracks_its_target_on_a_toy_generator(target, offset):
+    """Whatever the starting hardness, the controller brings the measured pair similarity to the target; with
+    a shared component (offset 2: unrelated samples have cosine 0.8) it steers the similarity relative to
+    unrelated samples, not the raw cosine, which would drive the hardness to its cap."""
     config = SynthesisConfig(mode="static-pairs", ratio=1.0, hardness=0.01, hardness_cap=10.0,
                              hardness_control="target", pair_target=target, pair_target_final=None, control_every=1)
-    synth = Synthesizer(config, GeneratorConfig(), Latent(), total_steps=100)
+    synth = Synthesizer(config, GeneratorConfig(), Latent(offset=offset), total_steps=100)
     rng = torch.Generator().manual_seed(0)
     for step in range(60):
         synth.synthesize(step, 64, 0, lambda x, n, r: torch.cat([x] * n), rng, embed=_signed)
     measured = [synth.observe(100, *synth.generator.pair(synth.generator.sample_latents(256, rng),
-                                                        synth.hardness, generator=rng), _signed)["pair_cosine_step"]
+                                                        synth.hardness, generator=rng), _signed)
                 for _ in range(5)]
-    assert abs(sum(measured) / 5 - target) < 0.03, (measured, synth.hardness)
-    # The hardness it settled on is the one the toy's closed form asks for.
-    assert synth.hardness == pytest.approx(math.sqrt(1 / target**2 - 1), rel=0.15)
-    assert synth.last["random_cosine"] == pytest.approx(0.0, abs=0.1)  # unrelated latents: no similarity
+    similarity = sum(m["pair_similarity"] for m in measured) / 5
+    assert abs(similarity - target) < 0.03, (measured, synth.hardness)
+    if offset == 0:
+        # Unrelated latents have no similarity: the relative similarity is the raw cosine, and the hardness
+        # settles where the toy's closed form puts it.
+        assert synth.last["random_cosine"] == pytest.approx(0.0, abs=0.1)
+        assert synth.hardness == pytest.approx(math.sqrt(1 / target**2 - 1), rel=0.15)
+    else:
+        assert synth.last["random_cosine"] == pytest.approx(0.8, abs=0.05)
+        assert synth.hardness < 5.0  # far from the cap of 10
 
 
 def test_pair_target_is_scheduled_from_easy_to_hard():
@@ -221,6 +230,8 @@ def test_synthesis_augment_is_validated(tiny_recipe):
         tiny_recipe(**joint(synthesis={"synthetic_weight": 0.0}))
     with pytest.raises(ConfigError, match="pair_target"):
         tiny_recipe(**joint(synthesis={"pair_target": 1.5}))
+    with pytest.raises(ConfigError, match="pair_target_final"):
+        tiny_recipe(**joint(synthesis={"pair_target_final": -0.2}))
 
 
 # --- 4. controls ------------------------------------------------------------------------------------------
@@ -328,8 +339,8 @@ def test_controller_plot(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     metrics = tmp_path / "metrics.csv"
-    rows = ["step,pair_target,pair_cosine_step,random_cosine,hardness,pair_ssim,pair_cosine"]
-    rows += [f"{s},{0.9 - s / 1000},{0.92 - s / 1000},0.3,{0.1 + s / 500},0.8,0.9" for s in range(10, 200, 10)]
+    rows = ["step,pair_target,pair_similarity,pair_cosine_step,random_cosine,hardness,pair_ssim,pair_cosine"]
+    rows += [f"{s},{0.9 - s / 1000},{0.88 - s / 1000},{0.92 - s / 1000},0.3,{0.1 + s / 500},0.8,0.9" for s in range(10, 200, 10)]
     metrics.write_text("\n".join(rows) + "\n")
     out = tmp_path / "controller.png"
     assert module.main([str(metrics), "--controller", "--out", str(out)]) == 0

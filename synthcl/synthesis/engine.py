@@ -158,11 +158,14 @@ class Synthesizer:
     def observe(self, step: int, first: Tensor, second: Tensor, embed: Callable[[Tensor], Tensor]) -> dict[str, float]:
         """Measure this step's pairs in the learner's space and act on it.
 
-        ``pair_cosine``: the mean cosine of the two members of each pair; ``random_cosine``: the mean cosine
-        of unrelated samples (each first member against the next one's), the level of "nothing in common".
-        Under ``hardness_control: target`` the hardness moves by ``exp(gain * (pair - target) / 0.1)``
-        (pairs more similar than the target get harder), within [0.01, hardness_cap]; under ``monitor:
-        steer`` a pair cosine below ``min_pair_similarity`` backs lambda_hard off.
+        ``pair_cosine_step``: the mean cosine of the two members of each pair; ``random_cosine``: the mean
+        cosine of unrelated samples (each first member against the next one's), the level of "nothing in
+        common", which for generated images can be high (a learner may map them all close together);
+        ``pair_similarity``: the pair cosine relative to that level, ``(pair - random) / (1 - random)``: 1 for
+        identical members, 0 for members as different as unrelated samples. Under ``hardness_control:
+        target`` the hardness moves by ``exp(gain * (similarity - target) / 0.1)`` (pairs more similar than
+        the target get harder), within [0.01, hardness_cap]; under ``monitor: steer`` a pair cosine below
+        ``min_pair_similarity`` backs lambda_hard off.
 
         Args:
             first, second: the pair members in [-1, 1].
@@ -173,11 +176,13 @@ class Synthesizer:
         pair = torch.nn.functional.cosine_similarity(a, b, dim=1).mean()
         unrelated = torch.nn.functional.cosine_similarity(a, a.roll(1, dims=0), dim=1).mean()
         pair, unrelated = mean_across_processes(torch.stack([pair, unrelated])).tolist()
-        measured = {"pair_cosine_step": pair, "random_cosine": unrelated, "hardness_used": self.schedule(step)["hardness"]}
+        similarity = (pair - unrelated) / max(1.0 - unrelated, 1e-3)
+        measured = {"pair_cosine_step": pair, "random_cosine": unrelated, "pair_similarity": similarity,
+                    "hardness_used": self.schedule(step)["hardness"]}
         if c.hardness_control == "target":
             target = self.schedule(step)["pair_target"]
-            self.hardness = min(max(self.hardness * math.exp(c.control_gain * (pair - target) / 0.1), MIN_HARDNESS),
-                                c.hardness_cap)
+            self.hardness = min(max(self.hardness * math.exp(c.control_gain * (similarity - target) / 0.1),
+                                    MIN_HARDNESS), c.hardness_cap)
             measured["pair_target"] = target
         if c.monitor == "steer" and pair < c.min_pair_similarity:
             self.back_off(step, f"pair cosine {pair:.3g}")

@@ -293,7 +293,7 @@ def _learner_step(recipe: Recipe, run: _Run, learner: Any, unwrapped: Contrastiv
 
 
 SYNTHESIS_COLUMNS = ["critic_loss", "generator_loss", "hard_loss", "lambda_hard", "hard_weight", "grad_ratio",
-                     "hardness", "pair_target", "pair_cosine_step", "random_cosine", "partner_momentum",
+                     "hardness", "pair_target", "pair_similarity", "pair_cosine_step", "random_cosine", "partner_momentum",
                      "pair_ssim", "pair_cosine", "sample_std", "backoffs", "t_synthesize_s", "t_critic_s",
                      "t_generator_s"]
 
