@@ -63,12 +63,19 @@ class Data:
         self.images = self.source.images  # (N, C, H, W) uint8 on the CPU (TensorImages)
 
 
-def endless_batches(source: ImageSource, batch: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+def endless_batches(source: ImageSource, batch: int, seed: int, rank: int = 0, world: int = 1,
+                    device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     epoch = 0
     while True:
-        for images, _ in source.batches(batch, seed=seed, epoch=epoch, rank=rank, world_size=world):
+        for images, _ in source.batches(batch, seed=seed, epoch=epoch, rank=rank, world_size=world, device=device):
             yield images
         epoch += 1
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that host timers measure it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class SynthclStep:
@@ -90,11 +97,12 @@ class SynthclStep:
             workers) instead of device-resident uint8 + batched ``ViewAugment``.
         rank, world, ddp: for the multi-process run (S4); ``ddp`` wraps the learner in
             DistributedDataParallel, as Accelerate does.
+        device: where everything lives (``cuda`` for benchmarks/gpu_check.py); the data moves there too.
     """
 
     def __init__(self, r: Recipe, data: Data, *, batch_size: int | None = None, channels_last: bool | None = None,
                  compile: bool = False, autocast: torch.dtype | None = None, loader: bool = False,
-                 rank: int = 0, world: int = 1, ddp: bool = False) -> None:
+                 rank: int = 0, world: int = 1, ddp: bool = False, device: str = "cpu") -> None:
         self.r, self.data = r, data
         t = r.train
         self.batch = batch_size or t.batch_size
@@ -102,10 +110,10 @@ class SynthclStep:
         self.rank, self.world = rank, world
         self.channels_last = t.channels_last if channels_last is None else channels_last
         self.autocast = autocast
-        self.device = torch.device("cpu")
-        self.augment = build_augment(r.augment, data.source, data.mean, data.std)
+        self.device = torch.device(device)
+        self.augment = build_augment(r.augment, data.source, data.mean, data.std).to(self.device)
         torch.manual_seed(t.seed)
-        self.learner = build_learner(r, data.source.channels)
+        self.learner = build_learner(r, data.source.channels).to(self.device)
         if self.channels_last:
             self.learner = self.learner.to(memory_format=torch.channels_last)
         self.unwrapped = self.learner
@@ -122,18 +130,18 @@ class SynthclStep:
         self.loader_transform = None
         if loader:
             self.loader_transform = torchvision_views(data.source.image_size, r, data.mean, data.std)
-        self._batches = endless_batches(data.source, self.batch, t.seed, rank, world)
+        self._batches = endless_batches(data.source, self.batch, t.seed, rank, world, self.device)
         self._loader_iter: Iterator | None = None
         # The library's own step (synthcl.training.step.LearnerStep): what `synthcl train` runs, timed as is.
         self.learner_step = LearnerStep(
             self.call, self.unwrapped, self.optimizer, self.scheduler, self.augment, self.synth, seed=t.seed,
             global_batch=t.batch_size, total_steps=total, views_per_image=r.augment.views,
             channels_last=self.channels_last, grad_clip=r.optim.grad_clip, rank=rank, world=world,
-            autocast=(lambda: torch.autocast("cpu", dtype=autocast)) if autocast else None,
+            autocast=(lambda: torch.autocast(self.device.type, dtype=autocast)) if autocast else None,
         )
         self.step_index = 0
-        self.bad_step = torch.full((), -1, dtype=torch.long)
-        self.loss_sum = torch.zeros(())
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
         self.learner.train()
 
     def step(self) -> None:
@@ -161,9 +169,11 @@ class SynthclStep:
             for _ in range(warmup):
                 self.step()
             self.reset_phases()
+            synchronize(self.device)
             start = time.perf_counter()
             for _ in range(steps):
                 self.step()
+            synchronize(self.device)
             return time.perf_counter() - start
         finally:
             self._loader_iter = None  # stops the workers before the other side's round
@@ -251,7 +261,8 @@ class LightlyStep:
     recipe's augment section for grayscale images (no saturation, hue, grayscale or blur).
     """
 
-    def __init__(self, r: Recipe, data: Data, batch_size: int | None = None) -> None:
+    def __init__(self, r: Recipe, data: Data, batch_size: int | None = None, device: str = "cpu",
+                 autocast: torch.dtype | None = None, channels_last: bool = False) -> None:
         from lightly.loss import NTXentLoss
         from lightly.models.modules import SimCLRProjectionHead
         from lightly.transforms import SimCLRTransform
@@ -268,6 +279,12 @@ class LightlyStep:
         backbone = build_learner(r, data.source.channels).backbone  # same module, same initial weights
         self.model = nn.Sequential(backbone, SimCLRProjectionHead(backbone.feature_dim, m.proj_hidden_dim,
                                                                   m.proj_output_dim))
+        self.device = torch.device(device)
+        self.model = self.model.to(self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = autocast
         self.criterion = NTXentLoss(temperature=m.temperature)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay)
@@ -277,7 +294,9 @@ class LightlyStep:
 
     def step(self) -> None:
         (x0, x1), _ = next(self._iter)
-        loss = self.criterion(self.model(x0), self.model(x1))
+        x0, x1 = (x.to(self.device, non_blocking=True, memory_format=self.memory_format) for x in (x0, x1))
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            loss = self.criterion(self.model(x0), self.model(x1))
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -285,16 +304,18 @@ class LightlyStep:
     def round(self, warmup: int, steps: int) -> float:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch, shuffle=True, drop_last=True, num_workers=LOADER_WORKERS,
-            generator=torch.Generator().manual_seed(self.rounds),
+            generator=torch.Generator().manual_seed(self.rounds), pin_memory=self.device.type == "cuda",
         )
         self.rounds += 1
         self._iter = iter(loader)
         try:
             for _ in range(warmup):
                 self.step()
+            synchronize(self.device)
             start = time.perf_counter()
             for _ in range(steps):
                 self.step()
+            synchronize(self.device)
             return time.perf_counter() - start
         finally:
             self._iter = None
