@@ -199,6 +199,10 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         for every in (1, 2, 4):
             name = "joint gan" if every == 1 else f"joint gan, generator_every={every}"
             cases[name] = SynthclStep(recipe(JOINT, [*JOINT_NOW, f"synthesis.generator_every={every}"]), data)
+        # One augmented view per pair member: half the synthetic views for the learner (a quality knob too).
+        cases["joint gan, pair_views=1"] = SynthclStep(recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1"]), data)
+        cases["joint gan, pair_views=1, generator_every=4"] = SynthclStep(
+            recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4"]), data)
     if "diffusion" in args.generators:
         ok, note = diffusion_status()
         if ok:
@@ -421,7 +425,72 @@ def section_s4(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     proc_rows = [throughput_row(n, t, r.train.batch_size, ref if len(ref) == len(t) else None)
                  for n, t in proc_times.items() if t]
     return {"batch_rows": batch_rows, "raw": timed, "proc_rows": proc_rows, "proc_raw": proc_times,
-            "proc_rounds": proc_rounds, "errors": errors}
+            "proc_rounds": proc_rounds, "errors": errors, "image_rows": scaling_image_size(args, log),
+            "preset_rows": scaling_generator(args, data, log)}
+
+
+IMAGE_SIZES = (28, 32, 64, 96)
+
+
+def scaling_image_size(args: argparse.Namespace, log: Callable) -> list[dict]:
+    """ms per plain step (and per joint GAN step) at each image size: Fashion-MNIST resized, batch 256,
+    interleaved rounds; the data is a 10% subset (the step does not depend on the set's size)."""
+    sizes = IMAGE_SIZES[:2] if args.quick else IMAGE_SIZES
+    cases: dict[str, SynthclStep] = {}
+    for size in sizes:
+        base = [f"data.image_size={size}", "data.fraction=0.1"]
+        r = recipe(QUICKSTART, base)
+        size_data = Data(r)
+        cases[f"none {size}"] = SynthclStep(r, size_data)
+        cases[f"joint {size}"] = SynthclStep(recipe(JOINT, [*base, *JOINT_NOW]), size_data)
+    timed = interleave(cases, max(1, min(args.rounds, 3)), args.warmup, args.steps, log)
+    sec = timed["seconds_per_step"]
+    return [{"size": size, "pixels": size * size, "none_ms": 1e3 * med(sec[f"none {size}"]),
+             "joint_ms": 1e3 * med(sec[f"joint {size}"])} for size in sizes]
+
+
+def scaling_generator(args: argparse.Namespace, data: Data, log: Callable) -> list[dict]:
+    """ms per joint GAN step with each generator size preset (28 px, batch 256)."""
+    presets = ("tiny", "cpu") if args.quick else ("tiny", "cpu", "small")
+    cases = {p: SynthclStep(recipe(JOINT, JOINT_NOW, {"generator": {"options": {"preset": p}}}), data) for p in presets}
+    timed = interleave(cases, max(1, min(args.rounds, 3)), args.warmup, args.steps, log)
+    return [{"preset": p, "joint_ms": 1e3 * med(timed["seconds_per_step"][p])} for p in presets]
+
+
+def fitted_exponent(xs: list[float], ys: list[float]) -> float:
+    """The slope of log(y) against log(x) by least squares: y ~ x^slope."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = statistics.mean(lx), statistics.mean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def scaling_plot(res: dict, path: Path) -> bool:
+    """Log-log plot of ms per step against the batch size and against the pixels per image."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    batches = [int(r["name"].split()[-1]) for r in res["batch_rows"]]
+    left.loglog(batches, [r["median_ms"] for r in res["batch_rows"]], "o-", label="none")
+    left.set_xlabel("batch size")
+    left.set_ylabel("ms per step")
+    left.set_title("against batch size (28 px)", fontsize="medium")
+    rows = res["image_rows"]
+    right.loglog([r["pixels"] for r in rows], [r["none_ms"] for r in rows], "o-", label="none")
+    right.loglog([r["pixels"] for r in rows], [r["joint_ms"] for r in rows], "s--", label="joint gan")
+    right.set_xlabel("pixels per image")
+    right.set_title("against image size (batch 256)", fontsize="medium")
+    right.legend(fontsize="small")
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def report_s4(res: dict, args: argparse.Namespace) -> list[str]:
@@ -442,6 +511,28 @@ def report_s4(res: dict, args: argparse.Namespace) -> list[str]:
                     fmt(r["images_per_s_max"]), f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
                    for r in res["proc_rows"]])]
     out += [f"- {n} failed: {e}" for n, e in res["errors"].items()]
+    rows = res.get("image_rows") or []
+    if len(rows) >= 2:
+        px = [r["pixels"] for r in rows]
+        k_none, k_joint = fitted_exponent(px, [r["none_ms"] for r in rows]), fitted_exponent(px, [r["joint_ms"] for r in rows])
+        out += ["", ("Image size: Fashion-MNIST resized, batch 256, the quickstart learner (its global pooling keeps "
+                     "the head's size fixed) and the joint GAN step (generator and critic built for that size), "
+                     "interleaved."), "",
+                *table(["image size", "pixels", "none ms/step", "joint gan ms/step", "joint / none"],
+                       [[f"{r['size']} px", str(r["pixels"]), fmt(r["none_ms"], 1), fmt(r["joint_ms"], 1),
+                         f"{r['joint_ms'] / r['none_ms']:.2f}x"] for r in rows]),
+                "", f"Fitted exponents (ms ~ pixels^k): none k = {k_none:.2f}, joint gan k = {k_joint:.2f}; "
+                    "k = 1 is linear in the pixels."]
+        batches = [int(r["name"].split()[-1]) for r in res["batch_rows"]]
+        if len(batches) >= 2:
+            k_batch = fitted_exponent(batches, [r["median_ms"] for r in res["batch_rows"]])
+            out += [f"Against the batch size: k = {k_batch:.2f} (ms ~ batch^k)."]
+    presets = res.get("preset_rows") or []
+    if presets:
+        out += ["", "Generator size preset (joint GAN step, 28 px, batch 256):", "",
+                *table(["preset", "joint gan ms/step"], [[r["preset"], fmt(r["joint_ms"], 1)] for r in presets])]
+    if res.get("plot"):
+        out += ["", f"![ms per step against batch size and image size]({res['plot']})"]
     return out + [""]
 
 
@@ -678,10 +769,14 @@ def main() -> None:
         "S5": lambda: report_s5(results["S5"], args),
         "H": lambda: report_h(results["H"], args, results.get("S2")),
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if "S4" in results and results["S4"].get("image_rows"):
+        plot_path = args.out.with_name(args.out.stem + "-scaling.png")
+        if scaling_plot(results["S4"], plot_path):
+            results["S4"]["plot"] = plot_path.name
     for name in SECTIONS:
         if name in results:
             lines += reporters[name]()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     payload = {"command": command, "machine": machine, "rounds": args.rounds, "steps": args.steps,
                "warmup": args.warmup, "quick": args.quick, "durations_s": durations, "results": results}

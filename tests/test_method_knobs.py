@@ -348,3 +348,13 @@ def test_controller_plot(tmp_path):
     metrics.write_text("step,pair_ssim,pair_cosine,hardness\n10,0.8,0.9,0.1\n")
     with pytest.raises(SystemExit, match="pair_target"):
         module.main([str(metrics), "--controller", "--out", str(out)])
+
+
+def test_one_view_per_pair_member_halves_the_synthetic_views():
+    """pair_views=1: each pair member is augmented once, so a group holds two views, one of each member."""
+    counts = {}
+    for k in (2, 1):
+        _, _, synth, augment, _ = _setup("joint", pair_views=k)
+        views, groups = synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+        counts[k] = (views.shape[0], sorted(set(torch.bincount(groups - 100).tolist())))
+    assert counts[2] == (32, [4]) and counts[1] == (16, [2])

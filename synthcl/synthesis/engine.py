@@ -218,8 +218,9 @@ class Synthesizer:
         with torch.set_grad_enabled(needs_graph):
             if self.mode in USES_PAIRS:
                 first, second = g.pair(z, self.schedule(step)["hardness"], generator=rng)
-                views = torch.cat([augment(to_unit(first), 2, rng), augment(to_unit(second), 2, rng)])
-                per_group = 4
+                k = self.config.pair_views
+                views = torch.cat([augment(to_unit(first), k, rng), augment(to_unit(second), k, rng)])
+                per_group = 2 * k
                 if embed is not None and self.observing(step):
                     self.observe(step, first, second, embed)
             else:
