@@ -72,6 +72,29 @@ def endless_batches(source: ImageSource, batch: int, seed: int, rank: int = 0, w
         epoch += 1
 
 
+def learner_pass(step: SynthclStep, autocast: torch.dtype | None = None) -> tuple[Any, int, dict[str, int]]:
+    """S3's unit of work: one forward + backward of the step's learner on two views of one batch. Returns the
+    pass (a function), its FLOPs counted by ``FlopCounterMode`` and the FLOPs by op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = next(step._batches)
+    views = step.augment.views(images, 2).contiguous(memory_format=torch.channels_last)
+    groups = torch.arange(images.shape[0], device=views.device).repeat(2)
+    learner = step.learner
+
+    def fwd_bwd() -> None:
+        with torch.autocast(step.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = learner(views, groups)
+        loss.backward()
+        learner.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fwd_bwd()
+    by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return fwd_bwd, counter.get_total_flops(), by_op
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that host timers measure it (a no-op on the CPU)."""
     if device.type == "cuda":

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _machine import describe, markdown
-from _speed_steps import Data, LightlyStep, SynthclStep, recipe, synchronize
+from _speed_steps import Data, LightlyStep, SynthclStep, learner_pass, recipe, synchronize
 
 # Toy sizes of --dry: procedural shapes at Fashion-MNIST's size, tiny batches.
 DRY = ["data.dataset=shapes", "data.options={n: 256}", "data.image_size=28", "data.channels=1", "train.batch_size=32"]
@@ -75,22 +75,7 @@ def speed(args: argparse.Namespace, device: str, base: list[str]) -> dict[str, A
                     "ratio": med([j / n for n, j in zip(sec["none"], sec["joint gan"])])}
 
     # S3: the learner's share of the bf16 matmul rate.
-    from torch.utils.flop_counter import FlopCounterMode
-
-    images = next(synthcl._batches)
-    views = synthcl.augment.views(images, 2).contiguous(memory_format=torch.channels_last)
-    groups = torch.arange(images.shape[0], device=views.device).repeat(2)
-    learner = synthcl.learner
-
-    def fwd_bwd() -> None:
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            loss = learner(views, groups)
-        loss.backward()
-        learner.zero_grad(set_to_none=True)
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fwd_bwd()
+    fwd_bwd, flops, _ = learner_pass(synthcl, torch.bfloat16)
     n = 512 if args.dry else 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -108,8 +93,8 @@ def speed(args: argparse.Namespace, device: str, base: list[str]) -> dict[str, A
         torch.mm(a, b)
         synchronize(torch.device(device))
         matmul_rate.append(2 * n**3 / (time.perf_counter() - start))
-    achieved = counter.get_total_flops() / med(learner_s)
-    result["s3"] = {"gflop": counter.get_total_flops() / 1e9, "ms": 1e3 * med(learner_s),
+    achieved = flops / med(learner_s)
+    result["s3"] = {"gflop": flops / 1e9, "ms": 1e3 * med(learner_s),
                     "achieved_tflops": achieved / 1e12, "matmul_tflops": med(matmul_rate) / 1e12,
                     "fraction": achieved / med(matmul_rate), "matmul_n": n}
     return result

@@ -55,6 +55,7 @@ from _speed_steps import (
     SynthclStep,
     diffusion_options,
     diffusion_status,
+    learner_pass,
     recipe,
 )
 
@@ -312,25 +313,10 @@ def matmul_flops(n: int, repeats: int) -> list[float]:
 
 
 def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     r = recipe(QUICKSTART)
     step = SynthclStep(r, data)
-    images = next(step._batches)
-    views = step.augment.views(images, 2).contiguous(memory_format=torch.channels_last)
-    groups = torch.arange(images.shape[0]).repeat(2)
-    learner = step.learner
-
-    def fwd_bwd() -> None:
-        loss = learner(views, groups)
-        loss.backward()
-        learner.zero_grad(set_to_none=True)
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fwd_bwd()
-    flops = counter.get_total_flops()
-    by_op = {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    fwd_bwd, flops, by_op = learner_pass(step)
+    views = 2 * r.train.batch_size
     repeats = max(3, args.rounds * args.steps // 2)
     n = 2048  # 17 GFLOP per product: long enough to time, short enough to interleave
     learner_times, peak_rates = [], []
@@ -347,7 +333,7 @@ def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     log(f"  learner fwd+bwd {flops / 1e9:.2f} GFLOP in {1e3 * med(learner_times):.0f} ms; mm peak {peak / 1e9:.1f} GFLOP/s")
     return {"flops": flops, "by_op": by_op, "seconds": learner_times, "achieved": achieved, "peak": peak,
             "peak_rates": peak_rates, "matmul_n": n, "fraction": achieved / peak, "repeats": repeats,
-            "views": int(views.shape[0]), "target": TARGETS["S3"]}
+            "views": views, "target": TARGETS["S3"]}
 
 
 def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]:
