@@ -16,6 +16,7 @@ import torch
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
 from synthcl.errors import ConfigError, DataError
+from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import (
     RECIPE_FILE,
@@ -53,30 +54,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
     device = accelerator.device
 
-    # 1. Data, generator and optimizers.
-    source = load_train_source(recipe)
-    steps_per_epoch = source.batches_per_epoch(t.batch_size)
-    if steps_per_epoch == 0:
-        raise DataError(f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}")
-    total_steps = schedule_steps(t, steps_per_epoch)
-    run_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    torch.manual_seed(t.seed)
-    generator = build_generator(recipe, source).to(device)
-    g_opt = torch.optim.Adam(generator.generator_parameters(), lr=g.lr, betas=tuple(g.betas))
-    critic_params = list(generator.critic_parameters())
-    d_opt = torch.optim.Adam(critic_params, lr=g.critic_lr, betas=tuple(g.betas)) if critic_params else None
+    # 1. Data, generator and optimizers; only then the old run is set aside. 2. Resume.
+    source, generator, g_opt, d_opt, steps_per_epoch, run_steps = _build_generator_run(recipe, device)
     if overwrite:
-        clear_old_run(run_dir)  # only now: data and generator are built, so a bad run leaves the old one as it was
-
-    # 2. Resume.
-    start_step = 0
-    if resume and (found := resumable_checkpoint(run_dir)) is not None:
-        state, meta = load_checkpoint(found, generator)
-        with state_of(found):
-            g_opt.load_state_dict(state["generator_optimizer"])
-            if d_opt is not None:
-                d_opt.load_state_dict(state["critic_optimizer"])
-        start_step = meta["step"]
+        clear_old_run(run_dir)
+    start_step = _resume_generator(run_dir, generator, g_opt, d_opt) if resume else 0
 
     atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     info: dict[str, Any] = {
@@ -137,6 +119,36 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     session.write_status("completed", run_steps)
     release_lock(run_dir)
     return run_dir
+
+
+def _build_generator_run(recipe: Recipe, device: torch.device) -> tuple[Any, Generator, Any, Any, int, int]:
+    """The training images, the generator (seeded), its Adam and its critic's, steps per epoch and steps to run."""
+    t, g = recipe.train, recipe.generator
+    source = load_train_source(recipe)
+    steps_per_epoch = source.batches_per_epoch(t.batch_size)
+    if steps_per_epoch == 0:
+        raise DataError(f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}")
+    total_steps = schedule_steps(t, steps_per_epoch)
+    torch.manual_seed(t.seed)
+    generator = build_generator(recipe, source).to(device)
+    g_opt = torch.optim.Adam(generator.generator_parameters(), lr=g.lr, betas=tuple(g.betas))
+    critic_params = list(generator.critic_parameters())
+    d_opt = torch.optim.Adam(critic_params, lr=g.critic_lr, betas=tuple(g.betas)) if critic_params else None
+    return (source, generator, g_opt, d_opt, steps_per_epoch,
+            min(total_steps, t.max_steps) if t.max_steps else total_steps)
+
+
+def _resume_generator(run_dir: Path, generator: Generator, g_opt: Any, d_opt: Any) -> int:
+    """Load checkpoints/last (if any) into the generator and its optimizers; the step to continue from."""
+    found = resumable_checkpoint(run_dir)
+    if found is None:
+        return 0
+    state, meta = load_checkpoint(found, generator)
+    with state_of(found):
+        g_opt.load_state_dict(state["generator_optimizer"])
+        if d_opt is not None:
+            d_opt.load_state_dict(state["critic_optimizer"])
+    return meta["step"]
 
 
 def pretrain_recipe(recipe: Recipe) -> Recipe:
