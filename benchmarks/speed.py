@@ -202,6 +202,9 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
             cases[name] = SynthclStep(recipe(JOINT, [*JOINT_NOW, f"synthesis.generator_every={every}"]), data)
         # One augmented view per pair member: half the synthetic views for the learner (a quality knob too).
         cases["joint gan, pair_views=1"] = SynthclStep(recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1"]), data)
+        cases["joint gan, generator bf16"] = SynthclStep(
+            recipe(JOINT, [*JOINT_NOW, "synthesis.generator_precision=bf16"]), data)
+        cases["joint gan, critic_every=2"] = SynthclStep(recipe(JOINT, [*JOINT_NOW, "synthesis.critic_every=2"]), data)
         cases["joint gan, pair_views=1, generator_every=4"] = SynthclStep(
             recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4"]), data)
     if "diffusion" in args.generators:

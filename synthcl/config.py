@@ -224,6 +224,11 @@ class SynthesisConfig:
     """Pixel standard deviation across generated samples below this counts as a collapse."""
     sample_every: int = 500
     """Learner steps between grids of samples and positive pairs."""
+    critic_every: int = 1
+    """A critic update every this many generator updates (1: every one; higher is cheaper)."""
+    generator_precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast the generator's and critic's forward passes during joint training (cheaper on CPUs and
+    GPUs with bf16 units; the learner's precision is ``train.precision``)."""
     pair_views: int = 2
     """Augmented views of each member of a positive pair (2: four views per pair, the paper's; 1: two, the
     pair members themselves are the positives, and half the synthetic views for the learner to process)."""
@@ -528,6 +533,7 @@ def validate(recipe: Recipe) -> None:
     for key in ("pair_target", "pair_target_final"):
         value = getattr(sy, key)
         _check(value is None or 0.0 <= value <= 1.0, f"synthesis.{key} must be a similarity in [0, 1], got {value}")
+    _check(sy.critic_every >= 1, f"synthesis.critic_every must be >= 1, got {sy.critic_every}")
     _check(sy.pair_views >= 1, f"synthesis.pair_views must be >= 1, got {sy.pair_views}")
     _check(sy.control_every >= 1, f"synthesis.control_every must be >= 1, got {sy.control_every}")
     _check(sy.control_gain > 0, f"synthesis.control_gain must be > 0, got {sy.control_gain}")

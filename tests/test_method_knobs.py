@@ -358,3 +358,26 @@ def test_one_view_per_pair_member_halves_the_synthetic_views():
         views, groups = synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
         counts[k] = (views.shape[0], sorted(set(torch.bincount(groups - 100).tolist())))
     assert counts[2] == (32, [4]) and counts[1] == (16, [2])
+
+
+def test_critic_every_skips_critic_updates():
+    _, gen, synth, augment, frozen_loss = _setup("joint", critic_every=2)
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    changed = []
+    for step in range(4):
+        before = [p.detach().clone() for p in gen.critic_parameters()]
+        synth.synthesize(step, 8, 100, augment, torch.Generator().manual_seed(step))
+        synth.update_generator(step, real, frozen_loss)
+        changed.append(any(not torch.equal(a, b) for a, b in zip(before, gen.critic_parameters())))
+    assert changed == [True, False, True, False]
+
+
+def test_generator_precision_bf16_runs_the_generator_under_autocast():
+    _, gen, synth, augment, frozen_loss = _setup("joint", generator_precision="bf16")
+    dtypes = []
+    handle = gen.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    views, _ = synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    handle.remove()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # generator and partner ran in bf16
+    synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, frozen_loss)
+    assert all(torch.isfinite(p).all() for p in gen.parameters())

@@ -122,6 +122,11 @@ class Synthesizer:
         self.last: dict[str, Any] = {}
         self.times = {"synthesize": 0.0, "critic": 0.0, "generator": 0.0}
 
+    def autocast(self) -> Any:
+        """bf16 autocast around the generator's and critic's forward passes (``generator_precision: bf16``)."""
+        device = next(self.generator.parameters()).device
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.generator_precision == "bf16")
+
     # -- schedules ------------------------------------------------------------------------------------
 
     def active(self, step: int) -> bool:
@@ -215,7 +220,7 @@ class Synthesizer:
             self.times["synthesize"] += time.perf_counter() - start
             return None
         z = g.sample_latents(m, rng)
-        with torch.set_grad_enabled(needs_graph):
+        with torch.set_grad_enabled(needs_graph), self.autocast():
             if self.mode in USES_PAIRS:
                 first, second = g.pair(z, self.schedule(step)["hardness"], generator=rng)
                 k = self.config.pair_views
@@ -252,9 +257,12 @@ class Synthesizer:
         g, gc = self.generator, self.gen_config
         start = time.perf_counter()
         critic_loss = torch.zeros((), device=real.device)
-        if self.d_opt is not None:
+        # The critic every `critic_every` generator updates (1: every one).
+        critic_now = (step // self.config.generator_every) % self.config.critic_every == 0
+        if self.d_opt is not None and critic_now:
             for _ in range(gc.critic_steps):
-                critic_loss = g.critic_loss(real, fake.detach().float())
+                with self.autocast():
+                    critic_loss = g.critic_loss(real, fake.detach().float())
                 self.d_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 average_gradients(g.critic_parameters())
@@ -263,10 +271,12 @@ class Synthesizer:
 
         start = time.perf_counter()
         weights = self.schedule(step)
-        realism = g.realism_loss(None if fake is None else fake.float(), real)
+        with self.autocast():
+            realism = g.realism_loss(None if fake is None else fake.float(), real)
         hard = torch.zeros((), device=real.device)
         hard_active = self.mode in HARD_TERM and self.active(step)
         if hard_active:
+            views = views.float()  # the learner's own precision applies (a bf16 generator hands bf16 views)
             if self.config.hard_real_negatives and real_views is not None:
                 views = torch.cat([views, real_views[0].detach().to(views.dtype)])
                 groups = torch.cat([groups, real_views[1]])
