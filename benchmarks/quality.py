@@ -242,8 +242,11 @@ def paired(rows: list[dict], metric: str) -> list[str]:
             beyond = len(d) > 1 and mean > 2 * sd
             verdict = ("target met" if base == "none" and mean >= 2.0 and beyond else
                        "an effect (beyond 2 sd)" if beyond or (len(d) > 1 and mean < -2 * sd) else "no effect (within 2 sd)")
+            # A standard deviation of two differences says little about the spread: three seeds before a call.
+            if len(d) < 3:
+                verdict = "one seed" if len(d) == 1 else f"{len(d)} seeds: too few to call"
             lines.append(f"| {f} | {name} - {base} | {mean:+.2f} ± {sd:.2f} | {', '.join(f'{x:+.2f}' for x in d)} | "
-                         f"{verdict if len(d) > 1 else 'one seed'} |")
+                         f"{verdict} |")
     return lines
 
 

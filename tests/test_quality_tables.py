@@ -45,7 +45,7 @@ def test_paired_differences_use_matching_seeds_and_two_standard_deviations(quali
     assert lines == [
         "| 0.01 | joint - none | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |",
         "| 0.01 | joint (diffusion) - none | +10.00 ± 0.00 | +10.00 | one seed |",
-        "| 0.01 | static - none | -0.50 ± 0.71 | +0.00, -1.00 | no effect (within 2 sd) |",
+        "| 0.01 | static - none | -0.50 ± 0.71 | +0.00, -1.00 | 2 seeds: too few to call |",
     ]
     noisy = [row("none", s, 80.0) for s in range(3)] + [row("joint", 0, 81.0), row("joint", 1, 85.0), row("joint", 2, 80.5)]
     assert quality.paired(noisy, "few")[0].endswith("| no effect (within 2 sd) |")  # +2.17 but sd 2.47
@@ -107,3 +107,9 @@ def test_controls_and_knob_variants(quality):
     assert not any("matched-views - matched-views" in line for line in lines)
     targets = quality.targets(rows, "few")
     assert "- f=0.01: joint [knobs] - matched-views = +4.33 (target > 0): met" in targets
+
+
+def test_two_seeds_are_too_few_for_a_verdict(quality):
+    """Two nearly equal differences have a tiny standard deviation: that is no evidence of an effect."""
+    rows = [row("none", s, 80.0) for s in range(2)] + [row("joint", 0, 80.6), row("joint", 1, 80.55)]
+    assert quality.paired(rows, "few") == ["| 0.01 | joint - none | +0.57 ± 0.04 | +0.60, +0.55 | 2 seeds: too few to call |"]
