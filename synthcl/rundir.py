@@ -114,8 +114,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
             )
         if not is_marked_run(run_dir):
             raise RunDirError(
-                f"{run_dir} looks like a run but has no synthcl run marker in {STATUS_FILE} (made by hand or by "
-                "synthcl before 0.2); --overwrite replaces only runs synthcl wrote: remove it yourself or choose "
+                f"{run_dir} looks like a run but has no synthcl run marker in {STATUS_FILE} (made by hand or by an "
+                "older synthcl); --overwrite replaces only runs synthcl wrote: remove it yourself or choose "
                 "another --out"
             )
         # The old run is removed by clear_old_run, once the new one has its data and model: a run that
