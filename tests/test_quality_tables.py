@@ -69,6 +69,11 @@ def test_headroom_checks_both_conditions_on_the_primary_metric(quality):
         "- plain SimCLR on all images - on f=0.01 = +4.00 points (needs >= +3): met",
     ]
     assert quality.headroom(ROWS, {}, 0.01) == [lines[1]]  # no floor measured yet: that line is left out
+    wide = [row("none", s, few, variant="w32", fraction=f) for f, few in ((1.0, 86.0), (0.01, 82.0)) for s in range(3)]
+    assert quality.headroom(ROWS + wide, floor, 0.01)[2:] == [
+        "- plain SimCLR [w32] on all images - raw pixels = +3.50 points (needs >= +3): met",
+        "- plain SimCLR [w32] on all images - on f=0.01 = +4.00 points (needs >= +3): met",
+    ]
 
 
 def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_path, monkeypatch):
@@ -90,8 +95,12 @@ def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_
     assert [r["seed"] for r in first] == [0, 1] and len(trained) == 2
     again = quality.run_grid(args, tmp_path)
     assert again == first and len(trained) == 2  # reused, not retrained
-    args.plain_set = ["train.steps=10"]
-    assert quality.run_grid(args, tmp_path)[0]["key"] != first[0]["key"] and len(trained) == 4
+    args.plain_set, args.variant = ["train.steps=10"], "short"
+    changed = quality.run_grid(args, tmp_path)
+    assert changed[0]["key"] != first[0]["key"] and len(trained) == 4
+    # A plain row with its own overrides is its own variant, never pooled with the plain baseline.
+    assert {r["variant"] for r in first} == {"default"} and {r["variant"] for r in changed} == {"short"}
+    assert quality.label(changed[0]) == "none [short]"
 
 
 def test_controls_and_knob_variants(quality):
