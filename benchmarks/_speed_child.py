@@ -35,7 +35,7 @@ def memory(spec: dict) -> dict:
         runner = LightlyStep(r, data)
     else:
         runner = SynthclStep(r, data, autocast=torch.bfloat16 if spec.get("bf16") else None)
-    setup = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    setup = _own_peak_mib()
     # Forked helpers of the imports also count as children: only a rise over this is a DataLoader worker.
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     reset = _reset_peak()  # from here on VmHWM is the peak of the training steps alone
@@ -45,11 +45,18 @@ def memory(spec: dict) -> dict:
     seconds = time.perf_counter() - start
     hwm = _status_kib("VmHWM") if reset else None
     steps_peak = None if hwm is None else _mib(hwm)
-    peak = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    peak = max(setup, _own_peak_mib())  # the reset cleared the setup phase's mark: the larger of the two
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     workers = _mib(children) if children > children_before else None
     return {"rss_setup_mib": setup, "rss_before_steps_mib": None if current is None else _mib(current),
             "rss_steps_peak_mib": steps_peak, "rss_peak_mib": peak, "workers_peak_mib": workers, "seconds": seconds}
+
+
+def _own_peak_mib() -> float:
+    """Peak resident memory of this process image: the kernel's VmHWM. Not ``ru_maxrss``: Linux carries
+    that across fork and exec, so a child started by a large parent reports the parent's size."""
+    hwm = _status_kib("VmHWM")
+    return _mib(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _status_kib(field: str) -> int | None:
@@ -94,14 +101,16 @@ def _ddp_worker(rank: int, spec: dict, port: int, out: str) -> None:
     if world > 1:
         dist.barrier()
     seconds = time.perf_counter() - start
-    if rank == 0:
-        Path(out).write_text(json.dumps({"seconds": seconds}))
+    # Every rank reports its own peak: the memory of a configuration is the sum over its processes.
+    peak = _own_peak_mib()
+    Path(f"{out}.{rank}").write_text(json.dumps({"seconds": seconds, "rss_peak_mib": peak}))
     if world > 1:
         dist.destroy_process_group()
 
 
 def processes(spec: dict) -> dict:
-    """Seconds for ``steps`` steps of a global batch split over ``world`` gloo processes of ``threads``."""
+    """Seconds for ``steps`` steps of a global batch split over ``world`` gloo processes of ``threads``, and
+    the peak resident memory of all the processes together (each process's ru_maxrss, summed)."""
     import socket
     import tempfile
 
@@ -116,7 +125,9 @@ def processes(spec: dict) -> dict:
             _ddp_worker(0, spec, port, out)
         else:
             mp.spawn(_ddp_worker, args=(spec, port, out), nprocs=spec["world"], join=True)
-        return json.loads(Path(out).read_text())
+        ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(spec["world"])]
+        return {"seconds": ranks[0]["seconds"], "rss_peak_mib": sum(r["rss_peak_mib"] for r in ranks),
+                "rss_peak_per_process_mib": [r["rss_peak_mib"] for r in ranks]}
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ Sections (``--only`` picks some):
       split by phase; cross-checked with synthcl.training.train's own metrics.csv.
   S3  achieved FLOP/s of the learner's forward+backward over the machine's dense fp32 matmul FLOP/s.
   S4  images/s vs batch size, and 1 vs 2 gloo processes (fresh processes per run).
-  S5  peak resident memory per configuration (fresh process each); diffusion: sampling steps vs truncation K.
+  S5  peak resident memory per configuration (fresh process each); diffusion: sampling steps vs truncation K;
+      peak memory along the S4 axes (batch, image size, generator preset, processes) with fitted exponents.
   H   hot path: device-resident data + batched augmentation vs a DataLoader of per-sample torchvision
       transforms, channels_last, train.compile, bf16 autocast, and the host syncs of one training step.
 
@@ -565,7 +566,103 @@ def section_s5(args: argparse.Namespace, log: Callable) -> dict:
         results[name] = res
         log(f"  {name}: " + (f"process peak {res['rss_peak_mib']:.0f} MiB, steps peak {res['rss_steps_peak_mib']} MiB"
                              if "rss_peak_mib" in res else str(res)))
-    return {"rows": results, "steps": steps, "notes": notes}
+    return {"rows": results, "steps": steps, "notes": notes, "scaling": memory_scaling(args, steps, log)}
+
+
+def memory_scaling(args: argparse.Namespace, steps: int, log: Callable) -> list[dict]:
+    """Peak memory along the S4 axes, each point in a fresh process: batch size (plain step), image size
+    (plain and joint GAN), generator preset (joint GAN) and gloo processes (plain step, summed over them)."""
+    points: list[tuple[str, float, str, dict]] = []
+    for b in args.batch_sizes:
+        points.append(("batch", b, "none", {"recipe": QUICKSTART, "overrides": [f"train.batch_size={b}"]}))
+    for size in IMAGE_SIZES[:2] if args.quick else IMAGE_SIZES:
+        base = [f"data.image_size={size}", "data.fraction=0.1"]
+        points.append(("pixels", size * size, "none", {"recipe": QUICKSTART, "overrides": base}))
+        points.append(("pixels", size * size, "joint gan", {"recipe": JOINT, "overrides": [*base, *JOINT_NOW]}))
+    for preset in ("tiny", "cpu") if args.quick else ("tiny", "cpu", "small"):
+        points.append(("preset", preset, "joint gan", {"recipe": JOINT, "overrides": JOINT_NOW,
+                                                       "extra": {"generator": {"options": {"preset": preset}}}}))
+    rows = []
+    for axis, value, case, spec in points:
+        res = child({"task": "memory", "kind": "synthcl", "steps": steps, "warmup": 1, **spec})
+        rows.append({"axis": axis, "value": value, "case": case, **res})
+        log(f"  memory {axis}={value} {case}: " + (f"steps peak {res.get('rss_steps_peak_mib')} MiB, "
+                                                   f"before {res.get('rss_before_steps_mib')} MiB"
+                                                   if "rss_peak_mib" in res else str(res)))
+    for world in (1, 2):
+        res = child({"task": "processes", "recipe": QUICKSTART, "world": world, "threads": 1,
+                     "warmup": 1, "steps": steps})
+        rows.append({"axis": "processes", "value": world, "case": "none", **res})
+        log(f"  memory processes={world}: {res.get('rss_peak_mib', res)}")
+    return rows
+
+
+def memory_growth(row: dict) -> float | None:
+    """What the training steps add on top of setup: steps peak - RSS before the steps (None if unknown)."""
+    before, peak = row.get("rss_before_steps_mib"), row.get("rss_steps_peak_mib")
+    return None if before is None or peak is None else peak - before
+
+
+def memory_plot(rows: list[dict], path: Path) -> bool:
+    """Log-log plot of the growth during steps against the batch size and against the pixels per image."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    drawn = False
+    for ax, axis, xlabel in ((axes[0], "batch", "batch size (28 px)"), (axes[1], "pixels", "pixels per image (batch 256)")):
+        for case, style in (("none", "o-"), ("joint gan", "s--")):
+            pts = [(r["value"], memory_growth(r)) for r in rows if r["axis"] == axis and r["case"] == case]
+            pts = [(x, y) for x, y in pts if y is not None and y > 0]
+            if pts:
+                ax.loglog([x for x, _ in pts], [y for _, y in pts], style, label=case)
+                drawn = True
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("MiB added by the training steps")
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def report_memory_scaling(rows: list[dict], plot_name: str | None = None) -> list[str]:
+    if not rows:
+        return []
+    body = []
+    for r in rows:
+        growth = memory_growth(r)
+        if "error" in r or "skipped" in r:
+            body.append([r["axis"], str(r["value"]), r["case"], "-", "-", "-", r.get("error") or r["skipped"]])
+            continue
+        body.append([r["axis"], str(r["value"]), r["case"], fmt(r["rss_peak_mib"]),
+                     "-" if r.get("rss_steps_peak_mib") is None else fmt(r["rss_steps_peak_mib"]),
+                     "-" if growth is None else fmt(growth),
+                     " + ".join(fmt(m) for m in r["rss_peak_per_process_mib"]) if "rss_peak_per_process_mib" in r else ""])
+    out = ["", "### Peak memory along the S4 axes", "",
+           ("Each point in a fresh process (1 warm-up + the steps above); the columns as in the table above; "
+            "processes: 1 thread each, the peak of every gloo process summed (the per-process peaks beside it)."), "",
+           *table(["axis", "value", "step", "process peak MiB", "steps peak MiB", "growth during steps MiB",
+                   "per process MiB"], body)]
+    fits = []
+    for axis, case in (("batch", "none"), ("pixels", "none"), ("pixels", "joint gan")):
+        pts = [(r["value"], memory_growth(r)) for r in rows if r["axis"] == axis and r["case"] == case]
+        pts = [(x, y) for x, y in pts if y is not None and y > 0]
+        if len(pts) >= 2:
+            k = fitted_exponent([x for x, _ in pts], [y for _, y in pts])
+            fits.append(f"{case} against {axis}: k = {k:.2f}")
+    if fits:
+        out += ["", "Fitted exponents of the growth during steps (MiB ~ x^k; the activations and gradients that a "
+                    "step adds, without the fixed cost of the runtime, data and weights): " + "; ".join(fits) + "."]
+    if plot_name:
+        out += ["", f"![memory added by a step against batch size and image size]({plot_name})"]
+    return out
 
 
 def report_s5(res: dict, args: argparse.Namespace) -> list[str]:
@@ -582,7 +679,8 @@ def report_s5(res: dict, args: argparse.Namespace) -> list[str]:
     out = ["## S5: peak resident memory", "",
            ("Each configuration in a fresh process: setup (imports, the 60k-image training set as uint8, channel "
            f"statistics, models), then 1 warm-up + {res['steps']} training step(s). Process peak = "
-           "`resource.getrusage(RUSAGE_SELF).ru_maxrss` over the whole process; steps peak = the kernel's VmHWM "
+           "the larger of the setup peak and the steps peak, both the kernel's VmHWM of the child (not `ru_maxrss`, "
+           "which Linux carries over from the parent across fork and exec); steps peak = the kernel's VmHWM "
            "after resetting it (`/proc/self/clear_refs` = 5) just before the steps, so setup transients do not "
            "hide the training step; growth = steps peak - RSS before the steps. Workers: the largest DataLoader "
            "worker (RUSAGE_CHILDREN; a forked worker's RSS includes the pages it still shares with the main "
@@ -590,6 +688,7 @@ def report_s5(res: dict, args: argparse.Namespace) -> list[str]:
            *table(["configuration", "setup peak MiB", "RSS before steps MiB", "steps peak MiB",
                    "growth during steps MiB", "process peak MiB", "workers peak MiB"], rows)]
     out += [f"- {n}" for n in res["notes"]]
+    out += report_memory_scaling(res.get("scaling") or [], res.get("plot"))
     return out + [""]
 
 
@@ -763,6 +862,10 @@ def main() -> None:
         plot_path = args.out.with_name(args.out.stem + "-scaling.png")
         if scaling_plot(results["S4"], plot_path):
             results["S4"]["plot"] = plot_path.name
+    if "S5" in results and results["S5"].get("scaling"):
+        plot_path = args.out.with_name(args.out.stem + "-memory.png")
+        if memory_plot(results["S5"]["scaling"], plot_path):
+            results["S5"]["plot"] = plot_path.name
     for name in SECTIONS:
         if name in results:
             lines += reporters[name]()
