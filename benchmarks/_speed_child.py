@@ -36,6 +36,7 @@ def memory(spec: dict) -> dict:
     else:
         runner = SynthclStep(r, data, autocast=torch.bfloat16 if spec.get("bf16") else None)
     setup = _own_peak_mib()
+    _trim()  # setup's freed temporaries back to the system, so "before the steps" is what is live
     # Forked helpers of the imports also count as children: only a rise over this is a DataLoader worker.
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     reset = _reset_peak()  # from here on VmHWM is the peak of the training steps alone
@@ -50,6 +51,20 @@ def memory(spec: dict) -> dict:
     workers = _mib(children) if children > children_before else None
     return {"rss_setup_mib": setup, "rss_before_steps_mib": None if current is None else _mib(current),
             "rss_steps_peak_mib": steps_peak, "rss_peak_mib": peak, "workers_peak_mib": workers, "seconds": seconds}
+
+
+def _trim() -> None:
+    """Collect garbage and return the C allocator's free memory to the system (glibc's malloc_trim;
+    nothing elsewhere). Without it, per-thread allocator arenas left by setup made the RSS before the
+    steps vary with the thread count."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _own_peak_mib() -> float:

@@ -21,7 +21,8 @@ Install the comparison library with the bench extra (torch stays pinned):
 
 Run:
 
-    python benchmarks/speed.py                      # everything (about 15 minutes on 2 quiet cores)
+    python benchmarks/speed.py                      # S1-S4 and H (about 15 minutes on 2 quiet cores)
+    python benchmarks/speed.py --only S5            # memory (4 minutes, any load) -> results/speed-memory.md
     python benchmarks/speed.py --quick              # smoke check: 2 rounds of 1 step, small sweeps
     python benchmarks/speed.py --only S1 S3 --rounds 7 --steps 10
 """
@@ -659,7 +660,9 @@ def report_memory_scaling(rows: list[dict], plot_name: str | None = None) -> lis
             fits.append(f"{case} against {axis}: k = {k:.2f}")
     if fits:
         out += ["", "Fitted exponents of the growth during steps (MiB ~ x^k; the activations and gradients that a "
-                    "step adds, without the fixed cost of the runtime, data and weights): " + "; ".join(fits) + "."]
+                    "step adds, without the fixed cost of the runtime, data and weights): " + "; ".join(fits) + ". "
+                    "k = 1 is linear; below 1, part of what a step adds does not grow with the images (weight "
+                    "gradients, optimizer state, the allocator's cached blocks)."]
     if plot_name:
         out += ["", f"![memory added by a step against batch size and image size]({plot_name})"]
     return out
@@ -790,8 +793,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke check: 2 rounds of 1 step, small sweeps")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
-                        help=f"sections to run ({' '.join(SECTIONS)})")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=[s for s in SECTIONS if s != "S5"],
+                        metavar="SECTION", help=f"sections to run ({' '.join(SECTIONS)}; default: all but S5, "
+                        "which times nothing and is run on its own into speed-memory.md)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison (default 5)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side per round (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each round")
@@ -800,8 +804,10 @@ def main() -> None:
     parser.add_argument("--generators", nargs="+", choices=("gan", "diffusion"), default=["gan", "diffusion"])
     parser.add_argument("--diffusion-steps-option", default=None, help="S5: the diffusion option for sampling steps")
     parser.add_argument("--diffusion-k-option", default=None, help="S5: the diffusion option for the truncation K")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/speed-memory.md for --only S5, results/speed.md otherwise")
     args = parser.parse_args()
+    args.out = args.out or HERE / "results" / ("speed-memory.md" if args.only == ["S5"] else "speed.md")
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.steps = args.steps or (1 if args.quick else 4)
     if args.quick:
@@ -834,13 +840,14 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
     lines = [
-        "# Speed: S1-S5 of BENCHMARKS.md and the hot-path knobs", "",
+        "# Memory: S5 of BENCHMARKS.md" if args.only == ["S5"] else "# Speed: S1-S5 of BENCHMARKS.md and the hot-path knobs", "",
         f"- Command: `{command}`",
         markdown(machine),
-        f"- Rounds: {args.rounds} per comparison, interleaved (A B A B ...); each round = {args.warmup} untimed "
-        f"warm-up step(s) + {args.steps} timed steps per side"
-        + ("" if args.quick else " (S2: rounded up to a multiple of 4)") + ". Medians over "
-        "rounds; ratios are medians of per-round ratios.",
+        *([] if args.only == ["S5"] else [
+            f"- Rounds: {args.rounds} per comparison, interleaved (A B A B ...); each round = {args.warmup} untimed "
+            f"warm-up step(s) + {args.steps} timed steps per side"
+            + ("" if args.quick else " (S2: rounded up to a multiple of 4)") + ". Medians over "
+            "rounds; ratios are medians of per-round ratios."]),
         (f"- Data: Fashion-MNIST training set ({len(data.source)} images, 1x28x28), recipe `quickstart` sizes "
         "(small-cnn width 16, batch 256, SGD lr 0.3 momentum 0.9 wd 5e-4)."),
         "- Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
@@ -863,7 +870,7 @@ def main() -> None:
         if scaling_plot(results["S4"], plot_path):
             results["S4"]["plot"] = plot_path.name
     if "S5" in results and results["S5"].get("scaling"):
-        plot_path = args.out.with_name(args.out.stem + "-memory.png")
+        plot_path = args.out.with_name(args.out.stem.removesuffix("-memory") + "-memory.png")
         if memory_plot(results["S5"]["scaling"], plot_path):
             results["S5"]["plot"] = plot_path.name
     for name in SECTIONS:
