@@ -202,7 +202,7 @@ def headroom(rows: list[dict], floor: dict[str, dict], scarce: float) -> list[st
 def targets(rows: list[dict], metric: str) -> list[str]:
     """The method's comparisons beyond `none` on ``metric``: joint above static, above matched-views, joint
     at f against none at 2f (2x data efficiency), and the diffusion generator against the GAN."""
-    stats = summarize(rows, metric)
+    stats, minutes = summarize(rows, metric), summarize(rows, "train_s")
     lines = []
     for (f, name), (mean, _, _) in sorted(stats.items()):
         if not name.startswith("joint"):
@@ -212,6 +212,14 @@ def targets(rows: list[dict], metric: str) -> list[str]:
             if other is not None:
                 gap = mean - other[0]
                 lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): {'met' if gap > 0 else 'not met'}")
+        # The same minutes: plain SimCLR trained longer (a `none [...]` variant, e.g. more train.steps).
+        for (f2, plain), (plain_mean, _, _) in sorted(stats.items()):
+            if f2 == f and plain.startswith("none ["):
+                gap = mean - plain_mean
+                when = f"plain {minutes[(f, plain)][0] / 60:.1f} min, {name} {minutes[(f, name)][0] / 60:.1f} min"
+                lines.append(f"- f={f}: {name} - {plain} ({when}) = {gap:+.2f} (target > 0 at no fewer plain "
+                             f"minutes): {'met' if gap > 0 else 'not met'}"
+                             + ("" if minutes[(f, plain)][0] >= minutes[(f, name)][0] else "; plain had fewer minutes"))
         double = stats.get((round(2 * f, 6), "none"))
         if double is not None:
             gap = mean - double[0]

@@ -122,3 +122,15 @@ def test_two_seeds_are_too_few_for_a_verdict(quality):
     """Two nearly equal differences have a tiny standard deviation: that is no evidence of an effect."""
     rows = [row("none", s, 80.0) for s in range(2)] + [row("joint", 0, 80.6), row("joint", 1, 80.55)]
     assert quality.paired(rows, "few") == ["| 0.01 | joint - none | +0.57 ± 0.04 | +0.60, +0.55 | 2 seeds: too few to call |"]
+
+
+def test_joint_against_plain_trained_for_the_same_minutes(quality):
+    """A plain variant trained longer (--plain-set train.steps=... --variant ...) is the same-minutes
+    comparison: the target line names both runs' minutes and says when plain had fewer."""
+    longer = [dict(row("none", s, 82.0, variant="9000 steps"), train_s=600.0) for s in range(3)]
+    lines = quality.targets(ROWS + longer, "few")
+    assert ("- f=0.01: joint - none [9000 steps] (plain 10.0 min, joint 1.0 min) = +1.33 (target > 0 at no fewer "
+            "plain minutes): met") in lines
+    shorter = [dict(r, train_s=30.0) for r in longer]
+    assert ("- f=0.01: joint - none [9000 steps] (plain 0.5 min, joint 1.0 min) = +1.33 (target > 0 at no fewer "
+            "plain minutes): met; plain had fewer minutes") in quality.targets(ROWS + shorter, "few")
