@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +30,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(2)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("quality")``: a script of benchmarks/ (not a package) loaded as a module, once per
+    session; the folder goes on sys.path for the scripts' own imports of their helpers."""
+    loaded: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        if name not in loaded:
+            if str(BENCHMARKS) not in sys.path:
+                sys.path.insert(0, str(BENCHMARKS))
+            spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    return load
+
 
 TINY: dict[str, Any] = {
     "name": "tiny",

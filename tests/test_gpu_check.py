@@ -3,17 +3,11 @@ procedural data) and writes the report the GPU run would write."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
-def test_gpu_check_dry_mode_writes_every_section(tmp_path, one_thread):
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_gpu_check_dry_mode_writes_every_section(tmp_path, one_thread, benchmark_script):
+    module = benchmark_script("gpu_check")
     out = tmp_path / "gpu.md"
     assert module.main(["--dry", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     text = out.read_text()
@@ -28,12 +22,10 @@ def test_gpu_check_dry_mode_writes_every_section(tmp_path, one_thread):
     assert (tmp_path / "runs" / "fashion-mnist-scarce-joint" / "generator-pretrain").is_dir()  # warmed up in the run
 
 
-def test_gpu_check_refuses_without_a_gpu(monkeypatch, capsys):
+def test_gpu_check_refuses_without_a_gpu(monkeypatch, capsys, benchmark_script):
     import torch
 
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert module.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err

@@ -328,16 +328,10 @@ def test_synthesis_augment_inherits_the_real_views_augmentation(tiny_recipe):
     assert over.synthesis.augment.crop_scale == [0.5, 1.0] and over.synthesis.augment.jitter_p == over.augment.jitter_p
 
 
-def test_controller_plot(tmp_path):
+def test_controller_plot(tmp_path, benchmark_script):
     """benchmarks/pair_similarity_plot.py --controller draws target vs measured pair cosine from a metrics log."""
     pytest.importorskip("matplotlib")
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pair_similarity_plot.py"
-    spec = importlib.util.spec_from_file_location("pair_plot", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("pair_similarity_plot")
     metrics = tmp_path / "metrics.csv"
     rows = ["step,pair_target,pair_similarity,pair_cosine_step,random_cosine,hardness,pair_ssim,pair_cosine"]
     rows += [f"{s},{0.9 - s / 1000},{0.88 - s / 1000},{0.92 - s / 1000},0.3,{0.1 + s / 500},0.8,0.9" for s in range(10, 200, 10)]

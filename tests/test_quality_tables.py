@@ -3,20 +3,12 @@ paired-by-seed differences (benchmarks/quality.py; no training here)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
 
 @pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def quality(benchmark_script):
+    return benchmark_script("quality")
 
 
 def row(mode, seed, few, knn=70.0, fraction=0.01, generator="gan", variant="default"):

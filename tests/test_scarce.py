@@ -4,9 +4,7 @@ inside a learner run (the self-contained scarce recipes), and the benchmark's ca
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -201,12 +199,8 @@ def test_scarce_recipes_take_fraction_and_seed_overrides(name):
 
 
 @pytest.fixture(scope="module")
-def quality():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark_key", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def quality(benchmark_script):
+    return benchmark_script("quality")
 
 
 def test_cache_key_changes_with_every_setting_that_changes_a_result(quality):

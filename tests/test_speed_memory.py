@@ -3,22 +3,12 @@ sizes, the processes' memory summed over ranks, the fitted exponent and the repo
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
 
 @pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(SCRIPT.parent))
+def speed(benchmark_script):
+    return benchmark_script("speed")
 
 
 def test_fitted_exponent_recovers_a_power_law(speed):
