@@ -104,7 +104,9 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 out = runs / f"f{fraction}-{mode}-{gen}-s{seed}-{key}"
                 done = out / "quality-row.json"
                 if done.is_file() and json.loads(done.read_text()).get("key") == key:
-                    rows.append(json.loads(done.read_text()))  # the same resolved recipe finished earlier
+                    # The same resolved recipe finished earlier (perhaps under another name, e.g. a variant
+                    # that became the recipe's default): reused under this command's label.
+                    rows.append(json.loads(done.read_text()) | {"variant": variant, "overrides": overrides})
                     print(json.dumps(rows[-1]), flush=True)
                     continue
                 if args.collect:

@@ -93,6 +93,9 @@ def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_
     # A plain row with its own overrides is its own variant, never pooled with the plain baseline.
     assert {r["variant"] for r in first} == {"default"} and {r["variant"] for r in changed} == {"short"}
     assert quality.label(changed[0]) == "none [short]"
+    # Reused under the label of the command that asks for it, not the one that trained it.
+    args.variant = "renamed"
+    assert {r["variant"] for r in quality.run_grid(args, tmp_path)} == {"renamed"} and len(trained) == 4
 
 
 def test_controls_and_knob_variants(quality):
