@@ -338,7 +338,72 @@ def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     log(f"  learner fwd+bwd {flops / 1e9:.2f} GFLOP in {1e3 * med(learner_times):.0f} ms; mm peak {peak / 1e9:.1f} GFLOP/s")
     return {"flops": flops, "by_op": by_op, "seconds": learner_times, "achieved": achieved, "peak": peak,
             "peak_rates": peak_rates, "matmul_n": n, "fraction": achieved / peak, "repeats": repeats,
-            "views": views, "target": TARGETS["S3"]}
+            "views": views, "target": TARGETS["S3"], "breakdown": step_breakdown(step, repeats)}
+
+
+# Self CPU time of each aten op, summed by what it is: (kind, substrings of the op name, exact op names).
+OP_KINDS = (("convolution backward", ("convolution_backward",), ()),
+            ("convolution forward", ("convolution",), ()),
+            ("matmul (projector, loss)", (), ("mm", "addmm", "bmm", "matmul", "linear")),
+            ("batch norm", ("batch_norm",), ()),
+            ("pooling", ("pool",), ()),
+            ("copies and layout", ("copy", "empty", "zero", "fill"),
+             ("cat", "clone", "contiguous", "as_strided", "view", "reshape", "permute", "transpose", "expand", "t")))
+
+
+def op_kind(name: str) -> str:
+    """The kind of an aten op for the S3 breakdown; anything else is elementwise (activations, the loss's
+    exp/log, the optimizer's updates)."""
+    op = name.split("::")[-1]
+    for kind, parts, exact in OP_KINDS:
+        if op in exact or any(p in op for p in parts):
+            return kind
+    return "elementwise (activations, loss, optimizer)"
+
+
+def step_breakdown(step: SynthclStep, repeats: int) -> dict:
+    """Where a whole S1 step's time goes: wall time per phase (augment, forward, backward, optimizer) over
+    ``repeats`` steps, and the profiler's self CPU time of the forward+backward by kind of op, so that what
+    keeps the step from the matmul rate is named (FlopCounterMode counts 0 FLOPs for BatchNorm, pooling,
+    activations and copies)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    learner, opt, sched = step.learner, step.optimizer, step.scheduler
+    phases = {"augment": [], "forward": [], "backward": [], "optimizer": []}
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        images = next(step._batches)
+        views, groups = step.learner_step.real_views(step.step_index, images)
+        views = views.contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        loss = learner(views, groups)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        for k, a, b in (("augment", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("optimizer", t3, t4)):
+            phases[k].append(b - a)
+        step.step_index += 1
+
+    one()  # warm
+    for k in phases:
+        phases[k].clear()
+    for _ in range(repeats):
+        one()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            one()
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            kinds[op_kind(event.key)] = kinds.get(op_kind(event.key), 0.0) + event.self_cpu_time_total
+    total = sum(kinds.values()) or 1.0
+    return {"phase_ms": {k: 1e3 * med(v) for k, v in phases.items()},
+            "op_share": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}
 
 
 def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]:
@@ -362,6 +427,13 @@ def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]
         "",
         f"Target >= {100 * res['target']:.0f}% on CPU: **{verdict}**.",
     ]
+    b = res.get("breakdown")
+    if b:
+        total = sum(b["phase_ms"].values())
+        out += ["", (f"Where a whole step goes ({res['repeats']} S1 steps, fp32, each phase timed; median ms): "
+                     + ", ".join(f"{k} {v:.1f} ({100 * v / total:.0f}%)" for k, v in b["phase_ms"].items())
+                     + ". Self CPU time of all ops in 3 profiled steps, by kind: "
+                     + ", ".join(f"{k} {100 * v:.0f}%" for k, v in b["op_share"].items()) + ".")]
     if s1 and "rows" in s1:
         step_s = 1e-3 * s1["rows"][0]["median_ms"]
         out.append(f"Over the whole S1 training step (augmentation, optimizer and loss included) the same FLOPs "

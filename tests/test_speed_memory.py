@@ -57,3 +57,25 @@ def test_memory_report_fits_the_growth_not_the_fixed_cost(speed, tmp_path):
     assert "| processes | 2 | none | 1,200 | - | - | 600 + 600 |" in text
     assert "exit 1: boom" in text and "](x.png)" in text
     assert speed.memory_growth({"rss_before_steps_mib": None, "rss_steps_peak_mib": 3.0}) is None
+
+
+def test_op_kinds_of_the_step_breakdown(speed):
+    assert speed.op_kind("aten::convolution_backward") == "convolution backward"
+    assert speed.op_kind("aten::mkldnn_convolution") == "convolution forward"
+    assert speed.op_kind("aten::addmm") == "matmul (projector, loss)"
+    assert speed.op_kind("aten::native_batch_norm_backward") == "batch norm"
+    assert speed.op_kind("aten::max_pool2d_with_indices") == "pooling"
+    assert speed.op_kind("aten::copy_") == "copies and layout"
+    assert speed.op_kind("aten::threshold_backward") == "elementwise (activations, loss, optimizer)"
+    assert speed.op_kind("aten::mul_") == "elementwise (activations, loss, optimizer)"  # not "mm"
+
+
+def test_step_breakdown_times_every_phase(speed, one_thread):
+    from _speed_steps import Data, SynthclStep, recipe
+
+    r = recipe("quickstart", ["data.fraction=0.01", "train.batch_size=16"])
+    res = speed.step_breakdown(SynthclStep(r, Data(r)), repeats=2)
+    assert set(res["phase_ms"]) == {"augment", "forward", "backward", "optimizer"}
+    assert all(v > 0 for v in res["phase_ms"].values())
+    assert sum(res["op_share"].values()) == pytest.approx(1.0)
+    assert res["op_share"]["convolution backward"] > 0 and res["op_share"]["convolution forward"] > 0
