@@ -130,14 +130,18 @@ def section_s1(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         return {"skipped": f"lightly is not installed ({err}); pip install -e '.[bench]'"}
     import lightly
 
-    cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step}
+    # fp32 (the target's comparison) and bf16 autocast on both sides, each against lightly at its precision.
+    cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step,
+             "synthcl bf16": SynthclStep(r, data, autocast=torch.bfloat16),
+             "lightly bf16": LightlyStep(r, data, autocast=torch.bfloat16)}
     timed = interleave(cases, args.rounds, args.warmup, args.steps, log)
     sec = timed["seconds_per_step"]
     batch = r.train.batch_size
-    rows = [throughput_row("synthcl", sec["synthcl"], batch, sec["lightly"]),
-            throughput_row("lightly", sec["lightly"], batch, sec["lightly"])]
+    rows = [throughput_row(name, sec[name], batch, sec[reference])
+            for name, reference in (("synthcl", "lightly"), ("lightly", "lightly"),
+                                    ("synthcl bf16", "lightly bf16"), ("lightly bf16", "lightly bf16"))]
     return {"rows": rows, "raw": timed, "batch": batch, "lightly_version": lightly.__version__,
-            "ratio": rows[0]["speedup"], "target": TARGETS["S1"]}
+            "ratio": rows[0]["speedup"], "ratio_bf16": rows[2]["speedup"], "target": TARGETS["S1"]}
 
 
 def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
@@ -161,10 +165,16 @@ def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
         ("- Same backbone (synthcl's `small-cnn`, width 16) with the same initial weights; same augmentation "
         "settings (the quickstart recipe's, grayscale: no saturation/hue/grayscale/blur)."),
         "",
-        *table(["pipeline", "median ms/step", "images/s (median)", "min", "max", "vs lightly (median of per-round ratios)"],
+        ("- bf16 rows: `torch.autocast(\"cpu\", dtype=torch.bfloat16)` around the forward of each side, as "
+        "Accelerate's `mixed_precision: bf16` does; each is compared with lightly at the same precision."),
+        "",
+        *table(["pipeline", "median ms/step", "images/s (median)", "min", "max",
+                "vs lightly at the same precision (median of per-round ratios)"],
                [[r["name"], fmt(r["median_ms"], 1), fmt(r["images_per_s"]), fmt(r["images_per_s_min"]),
                  fmt(r["images_per_s_max"]), f"{r['speedup']:.2f}x"] for r in res["rows"]]),
         "",
+        f"Target synthcl >= {res['target']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); in bf16 "
+        f"{res['ratio_bf16']:.2f}x." if "ratio_bf16" in res else
         f"Target synthcl >= {res['target']:.1f}x lightly: **{verdict}** ({res['ratio']:.2f}x).",
         "",
     ]
