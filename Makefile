@@ -34,7 +34,7 @@ data: $(STAMP)
 		$(PY) -c "from synthcl.data import resolve_root; print(resolve_root('fashion-mnist', None, download=True))"; \
 	fi
 
-# The scarce regime (1% of the images): plain SimCLR and the paper's method (its GAN warmed up inside the
+# The scarce regime (0.5% of the images, a width-32 encoder): plain SimCLR and the paper's method (its GAN warmed up inside the
 # run, then trained jointly), then the floors (raw pixels, random init), plain and joint side by side on the
 # primary metric, with the machine and the minutes each took.
 demo: data
