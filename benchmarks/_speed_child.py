@@ -125,7 +125,7 @@ def _ddp_worker(rank: int, spec: dict, port: int, out: str) -> None:
 
 def processes(spec: dict) -> dict:
     """Seconds for ``steps`` steps of a global batch split over ``world`` gloo processes of ``threads``, and
-    the peak resident memory of all the processes together (each process's ru_maxrss, summed)."""
+    the peak resident memory of all the processes together (each process's VmHWM, summed)."""
     import socket
     import tempfile
 
