@@ -11,7 +11,9 @@ includes all three. Every run is probed three ways on the frozen backbone:
 
 The floors (raw pixels, a randomly initialised encoder) go through the same probes. Generator modes
 warm their generator up exactly as the self-contained recipe does (`generator.pretrain_steps`), once per
-generator, fraction, seed and setting, and reuse it across modes. Writes benchmarks/results/quality.md,
+generator, fraction, seed and setting, and reuse it across modes. A run (or warm-up) that was stopped
+part-way, say by the end of a session, resumes from its last checkpoint the next time the same command
+runs; its minutes add up the stretches before and after the stop. Writes benchmarks/results/quality.md,
 quality.json and quality.png.
 
     python benchmarks/quality.py --runs /work/qruns --fractions 0.01 0.1 1.0 --modes none --seeds 0 1 2
@@ -21,6 +23,7 @@ quality.json and quality.png.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import statistics
@@ -35,7 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, markdown
 
 from synthcl.config import load_recipe, recipe_to_dict, uses_generator
+from synthcl.errors import RunDirError
 from synthcl.eval import evaluate_run
+from synthcl.io import read_json
+from synthcl.rundir import METRICS_FILE, STATUS_FILE, is_run_dir, resumable_checkpoint
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
 
@@ -76,14 +82,63 @@ def warm_folder(recipe: str, overrides: list[str], runs: Path) -> tuple[Any, Pat
     return sub, runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
 
 
-def warm_generator(recipe: str, overrides: list[str], runs: Path) -> Path:
-    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match."""
+def spent_seconds(run: Path, until: float = float("inf")) -> float:
+    """Training seconds a run's metrics record up to step ``until``. A resumed run starts its clock again,
+    so the stretches between stops are added up."""
+    total = last = 0.0
+    metrics = run / METRICS_FILE
+    for row in csv.DictReader(open(metrics)) if metrics.is_file() else ():
+        if int(row["step"]) > until:
+            break
+        elapsed = float(row["elapsed_s"])
+        if elapsed < last:  # a new stretch after a resume
+            total += last
+        last = elapsed
+    return total + last
+
+
+def run_state(out: Path) -> tuple[str, float]:
+    """What to do with the run folder ``out`` and the training seconds it already holds: ``("done", s)``
+    for a finished run, ``("resume", s)`` for a run stopped after a checkpoint (killed, or interrupted),
+    ``("fresh", 0)`` otherwise (nothing there, or a run that cannot continue, such as a diverged one)."""
+    if not is_run_dir(out):
+        return "fresh", 0.0
+    try:
+        status = read_json(out / STATUS_FILE)
+        checkpoint = resumable_checkpoint(out)
+        finished = status["status"] == "completed" and status["step"] >= status["total_steps"]
+    except (OSError, ValueError, TypeError, KeyError, RunDirError):
+        return "fresh", 0.0
+    if finished:
+        return "done", spent_seconds(out)
+    # A killed run still reads "running"; a run cut short by train.max_steps reads "completed" before its end.
+    if status["status"] in ("running", "interrupted", "completed") and checkpoint is not None:
+        return "resume", spent_seconds(out, read_json(checkpoint / "meta.json")["step"])
+    return "fresh", 0.0
+
+
+def train_or_resume(recipe: Any, out: Path, overrides: list[str] = ()) -> float:
+    """Train the run in ``out`` to its end, continuing a stopped one; return the training seconds it took
+    in all (earlier stretches included)."""
+    state, before = run_state(out)
+    if state == "done":
+        return before
+    if state == "resume":
+        print(f"resuming {out.name} ({before:.0f} s of training already done)", flush=True)
+    start = time.perf_counter()
+    train(recipe, out=out, resume=state == "resume", overwrite=state == "fresh", quiet=True, overrides=overrides)
+    return before + time.perf_counter() - start
+
+
+def warm_generator(recipe: str, overrides: list[str], runs: Path) -> tuple[Path, float]:
+    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match;
+    its folder and the seconds this call spent on it (0 when it was already there)."""
     sub, out = warm_folder(recipe, overrides, runs)
-    if not (out / "generator" / "config.json").is_file():
-        start = time.perf_counter()
-        train(sub, out=out, overwrite=True, quiet=True)
-        print(f"generator warm-up {out.name}: {time.perf_counter() - start:.0f} s", flush=True)
-    return out
+    if (out / "generator" / "config.json").is_file():
+        return out, 0.0
+    spent = train_or_resume(sub, out)
+    print(f"generator warm-up {out.name}: {spent:.0f} s", flush=True)
+    return out, spent
 
 
 def probe(run: Path, init: str = "trained") -> dict[str, float]:
@@ -112,15 +167,14 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 if args.collect:
                     print(f"not finished, left out: {out}", flush=True)
                     continue
-                start = time.perf_counter()
-                run_overrides = list(overrides)
+                run_overrides, warm_s = list(overrides), 0.0
                 if uses_generator(mode):
-                    warm = warm_generator(recipe, overrides, runs)
+                    warm, warm_s = warm_generator(recipe, overrides, runs)
                     run_overrides += [f"generator.pretrained={warm}", "generator.pretrain_steps=0"]
-                train(recipe, out=out, overwrite=True, quiet=True, overrides=run_overrides)
+                train_s = warm_s + train_or_resume(recipe, out, run_overrides)
                 row = {"fraction": fraction, "mode": mode, "generator": gen, "variant": variant, "seed": seed,
                        "recipe": recipe, "overrides": overrides, "key": key,
-                       "train_s": round(time.perf_counter() - start, 1), **probe(out)}
+                       "train_s": round(train_s, 1), **probe(out)}
                 done.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -75,7 +75,8 @@ def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_
 
     trained = []
 
-    def fake_train(recipe, out, overwrite, quiet, overrides):
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        assert overwrite and not resume  # nothing to resume: the fake leaves no run behind
         trained.append((recipe, out.name))
         out.mkdir(parents=True, exist_ok=True)
 
@@ -129,3 +130,36 @@ def test_joint_against_plain_trained_for_the_same_minutes(quality):
     shorter = [dict(r, train_s=30.0) for r in longer]
     assert ("- f=0.01: joint - none [9000 steps] (plain 0.5 min, joint 1.0 min) = +1.33 (target > 0 at no fewer "
             "plain minutes): met; plain had fewer minutes") in quality.targets(ROWS + shorter, "few")
+
+
+def test_minutes_add_up_the_stretches_of_a_resumed_run(quality, tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,elapsed_s\n2,1.0\n4,2.0\n6,0.5\n8,1.5\n")
+    assert quality.spent_seconds(tmp_path) == 3.5  # 2.0 before the stop, 1.5 after
+    assert quality.spent_seconds(tmp_path, until=4) == 2.0
+
+
+def test_a_stopped_run_resumes_where_it_stopped(quality, tiny_recipe, tmp_path, monkeypatch):
+    """A run killed after a checkpoint (its run.json still reads "running") continues from it, is then
+    reported finished, and its training seconds include the stretch before the stop."""
+    from synthcl.io import read_json
+    from synthcl.rundir import write_status
+
+    out = tmp_path / "run"
+    assert quality.run_state(out) == ("fresh", 0.0)
+    quality.train(tiny_recipe(train={"max_steps": 2}), out=out, quiet=True)
+    write_status(out, "running", 2)  # what a killed process leaves behind
+    first_stretch = (out / "metrics.csv").read_text()
+    state, before = quality.run_state(out)
+    assert state == "resume" and before > 0
+    calls, real_train = [], quality.train
+    monkeypatch.setattr(quality, "train", lambda *a, **k: calls.append(k) or real_train(*a, **k))
+    spent = quality.train_or_resume(tiny_recipe(train={"max_steps": None}), out)
+    assert calls[0]["resume"] and not calls[0]["overwrite"]
+    assert (out / "metrics.csv").read_text().startswith(first_stretch)  # the rows up to the stop are kept
+    status = read_json(out / "run.json")
+    assert status["status"] == "completed" and status["step"] == status["total_steps"] == 8
+    steps = [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4, 6, 8]  # continued from step 2, not retrained from 0
+    assert quality.run_state(out) == ("done", quality.spent_seconds(out)) and spent >= before
+    write_status(out, "diverged", 4)
+    assert quality.run_state(out) == ("fresh", 0.0)  # a diverged run is trained again, not continued
