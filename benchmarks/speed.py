@@ -64,6 +64,8 @@ from _speed_steps import (
 SECTIONS = ("S1", "S2", "S3", "S4", "S5", "H")
 QUICKSTART = "quickstart"
 JOINT = "fashion-mnist-joint"
+# The quality benchmark's regime: a width-32 encoder, bf16 autocast (the recipes' train.precision).
+SCARCE, SCARCE_JOINT = "fashion-mnist-scarce", "fashion-mnist-scarce-joint"
 # Steady state after the generator warm-up: synthetic views enter every learner batch from step 0.
 JOINT_NOW = ["synthesis.warmup_steps=0"]
 TARGETS = {"S1": 2.0, "S2 gan": 1.5, "S2 diffusion": 2.5, "S3": 0.5}
@@ -211,6 +213,7 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     notes = []
     limits = {}
     cases: dict[str, SynthclStep] = {"none": SynthclStep(recipe(QUICKSTART), data)}
+    references: dict[str, str] = {}  # the plain step a row is compared with (default: none)
     if "gan" in args.generators:
         for every in (1, 2, 4):
             name = "joint gan" if every == 1 else f"joint gan, generator_every={every}"
@@ -222,6 +225,14 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         cases["joint gan, critic_every=2"] = SynthclStep(recipe(JOINT, [*JOINT_NOW, "synthesis.critic_every=2"]), data)
         cases["joint gan, pair_views=1, generator_every=4"] = SynthclStep(
             recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4"]), data)
+        # The quality benchmark's recipes (width 32, bf16 learner), each against its own plain step.
+        for name, recipe_name, overrides in (
+                ("none, scarce", SCARCE, []), ("joint gan, scarce", SCARCE_JOINT, JOINT_NOW),
+                ("joint gan, scarce, pair_views=1, generator_every=4", SCARCE_JOINT,
+                 [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4"])):
+            r = recipe(recipe_name, overrides)
+            cases[name] = SynthclStep(r, data, autocast=torch.bfloat16 if r.train.precision == "bf16" else None)
+            references[name] = "none, scarce"
     if "diffusion" in args.generators:
         ok, note = diffusion_status()
         if ok:
@@ -244,10 +255,12 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     rows = []
     for name in cases:
         split = {k: med([p[k] for p in timed["phases"][name]]) for k in timed["phases"][name][0]}
-        ratio = med(paired_ratios(sec[name], sec["none"]))  # zip pairs a limited case with its own rounds
-        target = {"joint diffusion": TARGETS["S2 diffusion"], "joint gan": TARGETS["S2 gan"]}.get(name)
+        reference = references.get(name, "none")
+        ratio = med(paired_ratios(sec[name], sec[reference]))  # zip pairs a limited case with its own rounds
+        target = {"joint diffusion": TARGETS["S2 diffusion"], "joint gan": TARGETS["S2 gan"],
+                  "joint gan, scarce": TARGETS["S2 gan"]}.get(name)
         rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
-                     "target": target, "rounds": len(sec[name])})
+                     "target": target, "rounds": len(sec[name]), "reference": reference})
     loop_check = real_loop_check(args, steps, log)
     return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check}
 
@@ -288,7 +301,9 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
         + " The diffusion rows use `recipes/fashion-mnist-joint-diffusion.yaml` "
         "(its own ratio, generator options, learning rate and cadence; the other row changes only the cadence) "
         f"with the same warm-up override, and take part in the first {args.diffusion_rounds} rounds only "
-        "(they are the slowest).",
+        "(they are the slowest). The `scarce` rows are the quality benchmark's recipes, `fashion-mnist-scarce` "
+        "and `fashion-mnist-scarce-joint` (small-cnn width 32, the learner under bf16 autocast as their "
+        "`train.precision` says, the same GAN), each compared with `none, scarce`.",
         "",
         ("Phases (ms per step, medians): augment = real views; synthesize = latents -> generator (and partner) "
         "-> augmented synthetic views; learner = forward/backward/optimizer on real + synthetic views; "
@@ -304,7 +319,7 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
             target += f"; stretch <= {STRETCH['S2 diffusion']}x: " + ("met" if r["ratio"] <= STRETCH["S2 diffusion"] else "not met")
         rows.append([r["name"], str(r["rounds"]), fmt(r["median_ms"], 1), f"{r['ratio']:.2f}x",
                      *[fmt(1e3 * split[p], 1) if p in split else "-" for p in PHASES], target])
-    out += table(["mode", "rounds", "median ms/step", "vs none (median of per-round ratios)", *[f"{p} ms" for p in PHASES], "target"], rows)
+    out += table(["mode", "rounds", "median ms/step", "vs its plain step (median of per-round ratios)", *[f"{p} ms" for p in PHASES], "target"], rows)
     out += [""] + [f"- {n}" for n in res["notes"]]
     lc = res.get("loop_check")
     if lc:
@@ -321,8 +336,8 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
 # -- S3 -------------------------------------------------------------------------------------------------
 
 
-def matmul_flops(n: int, repeats: int) -> list[float]:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(n: int, repeats: int, dtype: torch.dtype = torch.float32) -> list[float]:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     rates = []
     for _ in range(repeats):
@@ -332,28 +347,42 @@ def matmul_flops(n: int, repeats: int) -> list[float]:
     return rates
 
 
+def limit_fraction(step: SynthclStep, autocast: torch.dtype | None, repeats: int, warmup: int, n: int) -> dict:
+    """One learner forward+backward (two views of a batch) timed against a dense n x n matmul at the same
+    precision, interleaved: the pass's counted FLOP rate as a fraction of the matmul's."""
+    fwd_bwd, flops, by_op = learner_pass(step, autocast)
+    dtype = autocast or torch.float32
+    times, rates = [], []
+    for _ in range(warmup):
+        fwd_bwd()
+    for _ in range(repeats):  # learner pass, matmul, learner pass, ...
+        start = time.perf_counter()
+        fwd_bwd()
+        times.append(time.perf_counter() - start)
+        rates += matmul_flops(n, 1, dtype)
+    achieved, peak = flops / med(times), med(rates)
+    return {"flops": flops, "by_op": by_op, "seconds": times, "achieved": achieved, "peak": peak,
+            "peak_rates": rates, "fraction": achieved / peak, "precision": str(dtype).replace("torch.", "")}
+
+
 def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     r = recipe(QUICKSTART)
     step = SynthclStep(r, data)
-    fwd_bwd, flops, by_op = learner_pass(step)
-    views = 2 * r.train.batch_size
     repeats = max(3, args.rounds * args.steps // 2)
     n = 2048  # 17 GFLOP per product: long enough to time, short enough to interleave
-    learner_times, peak_rates = [], []
-    for _ in range(args.warmup):
-        fwd_bwd()
-    # Interleaved too: learner pass, matmul, learner pass, ...
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fwd_bwd()
-        learner_times.append(time.perf_counter() - start)
-        peak_rates += matmul_flops(n, 1)
-    achieved = flops / med(learner_times)
-    peak = med(peak_rates)
-    log(f"  learner fwd+bwd {flops / 1e9:.2f} GFLOP in {1e3 * med(learner_times):.0f} ms; mm peak {peak / 1e9:.1f} GFLOP/s")
-    return {"flops": flops, "by_op": by_op, "seconds": learner_times, "achieved": achieved, "peak": peak,
-            "peak_rates": peak_rates, "matmul_n": n, "fraction": achieved / peak, "repeats": repeats,
-            "views": views, "target": TARGETS["S3"], "breakdown": step_breakdown(step, repeats)}
+    main = limit_fraction(step, None, repeats, args.warmup, n)
+    log(f"  learner fwd+bwd {main['flops'] / 1e9:.2f} GFLOP in {1e3 * med(main['seconds']):.0f} ms; "
+        f"mm peak {main['peak'] / 1e9:.1f} GFLOP/s")
+    # The same measure for the scarce regime's wider encoder, and both in bf16 against a bf16 matmul.
+    scarce = SynthclStep(recipe(SCARCE), data)
+    encoders = [{"encoder": "quickstart (small-cnn width 16)", **main}]
+    for name, other, autocast in (("quickstart (small-cnn width 16)", step, torch.bfloat16),
+                                  (f"{SCARCE} (small-cnn width 32)", scarce, None),
+                                  (f"{SCARCE} (small-cnn width 32)", scarce, torch.bfloat16)):
+        encoders.append({"encoder": name, **limit_fraction(other, autocast, repeats, args.warmup, n)})
+        log(f"  {name} {encoders[-1]['precision']}: {100 * encoders[-1]['fraction']:.0f}% of the matmul rate")
+    return {**main, "matmul_n": n, "repeats": repeats, "views": 2 * r.train.batch_size, "target": TARGETS["S3"],
+            "encoders": encoders, "breakdown": step_breakdown(step, repeats)}
 
 
 # Self CPU time of each aten op, summed by what it is: (kind, substrings of the op name, exact op names).
@@ -443,6 +472,14 @@ def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]
         f"Target >= {100 * res['target']:.0f}% on CPU: **{verdict}**; stretch >= {100 * STRETCH['S3']:.0f}%: "
         f"{'met' if res['fraction'] >= STRETCH['S3'] else 'not met'}.",
     ]
+    if res.get("encoders"):
+        out += ["", ("Each encoder at each precision, timed the same way against a matmul of the same precision "
+                     "(bf16: the pass under `torch.autocast`, as the scarce recipes' `train.precision: bf16` runs):"),
+                "", *table(["encoder", "precision", "GFLOP per pass", "median ms", "achieved GFLOP/s",
+                            "matmul GFLOP/s, same precision", "fraction", f"stretch >= {100 * STRETCH['S3']:.0f}%"],
+                           [[e["encoder"], e["precision"], fmt(e["flops"] / 1e9, 2), fmt(1e3 * med(e["seconds"]), 1),
+                             fmt(e["achieved"] / 1e9, 1), fmt(e["peak"] / 1e9, 1), f"{100 * e['fraction']:.0f}%",
+                             "met" if e["fraction"] >= STRETCH["S3"] else "not met"] for e in res["encoders"]])]
     b = res.get("breakdown")
     if b:
         total = sum(b["phase_ms"].values())

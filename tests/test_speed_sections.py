@@ -1,0 +1,48 @@
+"""benchmarks/speed.py's S3 rows per encoder and precision: the interleaved learner-vs-matmul measure and
+its report (the timings themselves are not asserted)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def speed(benchmark_script):
+    return benchmark_script("speed")
+
+
+@pytest.fixture(scope="module")
+def small_step(benchmark_script):
+    steps = benchmark_script("_speed_steps")
+    r = steps.recipe("quickstart", ["data.fraction=0.01", "train.batch_size=16"])
+    return steps.SynthclStep(r, steps.Data(r))
+
+
+@pytest.mark.parametrize("autocast, name", [(None, "float32"), (torch.bfloat16, "bfloat16")])
+def test_limit_fraction_times_the_pass_against_a_matmul_of_its_precision(speed, small_step, one_thread,
+                                                                          monkeypatch, autocast, name):
+    dtypes = []
+    real = speed.matmul_flops
+    monkeypatch.setattr(speed, "matmul_flops", lambda n, k, dtype=torch.float32: dtypes.append(dtype) or real(n, k, dtype))
+    res = speed.limit_fraction(small_step, autocast, repeats=3, warmup=1, n=64)
+    assert res["precision"] == name and dtypes == [autocast or torch.float32] * 3
+    assert len(res["seconds"]) == len(res["peak_rates"]) == 3
+    assert res["flops"] > 0 and res["fraction"] == pytest.approx(res["achieved"] / res["peak"])
+
+
+def test_s3_report_has_a_row_per_encoder_with_its_stretch_verdict(speed):
+    def enc(name, precision, fraction):
+        return {"encoder": name, "precision": precision, "flops": 2e9, "seconds": [0.01], "achieved": fraction * 1e11,
+                "peak": 1e11, "fraction": fraction}
+
+    res = {**enc("quickstart", "float32", 0.74), "by_op": {"convolution": 2e9}, "matmul_n": 64, "repeats": 1,
+           "views": 32, "target": 0.5,
+           "encoders": [enc("quickstart", "float32", 0.74), enc("scarce w32", "bfloat16", 0.85)]}
+    lines = speed.report_s3(res, argparse.Namespace(), None)
+    rows = [line for line in lines if line.startswith("| quickstart") or line.startswith("| scarce")]
+    assert len(rows) == 2
+    assert "74%" in rows[0] and rows[0].endswith("| not met |")
+    assert "bfloat16" in rows[1] and "85%" in rows[1] and rows[1].endswith("| met |")
