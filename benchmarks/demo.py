@@ -8,7 +8,6 @@ Reads the eval JSON files that `synthcl eval` wrote into the two runs (trained; 
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -17,15 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe
 
+from synthcl.rundir import training_seconds
+
 
 def minutes(run: Path) -> float:
     """Training minutes of a run: its learner steps, plus its generator warm-up when it had one."""
-    total = 0.0
-    for metrics in (run / "generator-pretrain" / "metrics.csv", run / "metrics.csv"):
-        if metrics.is_file():
-            rows = list(csv.DictReader(open(metrics)))
-            total += float(rows[-1]["elapsed_s"]) if rows else 0.0
-    return total / 60
+    return (training_seconds(run / "generator-pretrain") + training_seconds(run)) / 60
 
 
 def main(plain: Path, joint: Path) -> None:

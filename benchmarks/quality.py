@@ -23,7 +23,6 @@ quality.json and quality.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import statistics
@@ -41,7 +40,7 @@ from synthcl.config import load_recipe, recipe_to_dict, uses_generator
 from synthcl.errors import RunDirError
 from synthcl.eval import evaluate_run
 from synthcl.io import read_json
-from synthcl.rundir import METRICS_FILE, STATUS_FILE, is_run_dir, resumable_checkpoint
+from synthcl.rundir import STATUS_FILE, is_run_dir, resumable_checkpoint, training_seconds
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
 
@@ -82,21 +81,6 @@ def warm_folder(recipe: str, overrides: list[str], runs: Path) -> tuple[Any, Pat
     return sub, runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
 
 
-def spent_seconds(run: Path, until: float = float("inf")) -> float:
-    """Training seconds a run's metrics record up to step ``until``. A resumed run starts its clock again,
-    so the stretches between stops are added up."""
-    total = last = 0.0
-    metrics = run / METRICS_FILE
-    for row in csv.DictReader(open(metrics)) if metrics.is_file() else ():
-        if int(row["step"]) > until:
-            break
-        elapsed = float(row["elapsed_s"])
-        if elapsed < last:  # a new stretch after a resume
-            total += last
-        last = elapsed
-    return total + last
-
-
 def run_state(out: Path) -> tuple[str, float]:
     """What to do with the run folder ``out`` and the training seconds it already holds: ``("done", s)``
     for a finished run, ``("resume", s)`` for a run stopped after a checkpoint (killed, or interrupted),
@@ -110,10 +94,10 @@ def run_state(out: Path) -> tuple[str, float]:
     except (OSError, ValueError, TypeError, KeyError, RunDirError):
         return "fresh", 0.0
     if finished:
-        return "done", spent_seconds(out)
+        return "done", training_seconds(out)
     # A killed run still reads "running"; a run cut short by train.max_steps reads "completed" before its end.
     if status["status"] in ("running", "interrupted", "completed") and checkpoint is not None:
-        return "resume", spent_seconds(out, read_json(checkpoint / "meta.json")["step"])
+        return "resume", training_seconds(out, read_json(checkpoint / "meta.json")["step"])
     return "fresh", 0.0
 
 

@@ -8,6 +8,7 @@ generation and reports read it through this module alone.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,6 +53,24 @@ def is_marked_run(path: Path) -> bool:
     except (OSError, ValueError):
         return (path / REPLACED).is_dir()
     return (isinstance(status, dict) and str(status.get("format", "")).startswith("synthcl-run/")) or (path / REPLACED).is_dir()
+
+
+def training_seconds(run_dir: Path, until: float = float("inf")) -> float:
+    """The training seconds a run's ``metrics.csv`` records up to step ``until`` (0 without one). A resumed
+    run starts its clock again, so the stretches between stops are added up."""
+    total = last = 0.0
+    metrics = Path(run_dir) / METRICS_FILE
+    if not metrics.is_file():
+        return 0.0
+    with open(metrics, newline="") as f:
+        for row in csv.DictReader(f):
+            if int(row["step"]) > until:
+                break
+            elapsed = float(row["elapsed_s"])
+            if elapsed < last:  # a new stretch after a resume
+                total += last
+            last = elapsed
+    return total + last
 
 
 def write_status(run_dir: Path, status: str, step: int, **extra: Any) -> None:

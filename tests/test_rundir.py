@@ -13,7 +13,7 @@ from test_cli import assert_one_line_error, run_cli, tree_digest
 
 from synthcl.config import load_recipe
 from synthcl.errors import ConfigError, RunDirError
-from synthcl.rundir import LOCK_FILE, acquire_lock, prepare_run_dir, release_lock
+from synthcl.rundir import LOCK_FILE, acquire_lock, prepare_run_dir, release_lock, training_seconds
 from synthcl.training import train
 
 
@@ -262,3 +262,10 @@ def test_a_replacement_killed_half_way_keeps_the_older_complete_run(tmp_path, on
     assert not (run / "metrics.csv").exists() and (run / ".replaced").is_dir()
     restore_replaced_run(run)
     assert tree_digest(run) == complete
+
+
+def test_training_seconds_add_up_the_stretches_of_a_resumed_run(tmp_path):
+    assert training_seconds(tmp_path) == 0.0  # no metrics yet
+    (tmp_path / "metrics.csv").write_text("step,elapsed_s\n2,1.0\n4,2.0\n6,0.5\n8,1.5\n")
+    assert training_seconds(tmp_path) == 3.5  # 2.0 before the stop, 1.5 after the resume
+    assert training_seconds(tmp_path, until=4) == 2.0
