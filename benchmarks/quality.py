@@ -13,7 +13,9 @@ The floors (raw pixels, a randomly initialised encoder) go through the same prob
 warm their generator up exactly as the self-contained recipe does (`generator.pretrain_steps`), once per
 generator, fraction, seed and setting, and reuse it across modes. A run (or warm-up) that was stopped
 part-way, say by the end of a session, resumes from its last checkpoint the next time the same command
-runs; its minutes add up the stretches before and after the stop. Writes benchmarks/results/quality.md,
+runs; its minutes add up the stretches before and after the stop. Several processes may run the same
+command on the same `--runs` at once (one per core or GPU): each trains the runs that no other is
+training and leaves the others to them; `--collect` then tabulates them all. Writes benchmarks/results/quality.md,
 quality.json and quality.png.
 
     python benchmarks/quality.py --runs /work/qruns --fractions 0.01 0.1 1.0 --modes none --seeds 0 1 2
@@ -37,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, markdown
 
 from synthcl.config import load_recipe, recipe_to_dict, uses_generator
-from synthcl.errors import RunDirError
+from synthcl.errors import RunDirError, RunInUseError
 from synthcl.eval import evaluate_run
 from synthcl.io import read_json
-from synthcl.rundir import STATUS_FILE, is_run_dir, resumable_checkpoint, training_seconds
+from synthcl.rundir import STATUS_FILE, held_elsewhere, is_run_dir, resumable_checkpoint, training_seconds
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
 
@@ -151,11 +153,22 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 if args.collect:
                     print(f"not finished, left out: {out}", flush=True)
                     continue
+                # Another process of this benchmark on the same --runs may be training this run or its
+                # warm-up: left to it (the report that gathers both comes from --collect).
+                folders = [out, *([warm_folder(recipe, overrides, runs)[1]] if uses_generator(mode) else [])]
+                owner = next((pid for pid in map(held_elsewhere, folders) if pid is not None), None)
+                if owner is not None:
+                    print(f"being trained by process {owner}, left to it: {out.name}", flush=True)
+                    continue
                 run_overrides, warm_s = list(overrides), 0.0
-                if uses_generator(mode):
-                    warm, warm_s = warm_generator(recipe, overrides, runs)
-                    run_overrides += [f"generator.pretrained={warm}", "generator.pretrain_steps=0"]
-                train_s = warm_s + train_or_resume(recipe, out, run_overrides)
+                try:
+                    if uses_generator(mode):
+                        warm, warm_s = warm_generator(recipe, overrides, runs)
+                        run_overrides += [f"generator.pretrained={warm}", "generator.pretrain_steps=0"]
+                    train_s = warm_s + train_or_resume(recipe, out, run_overrides)
+                except RunInUseError as err:  # taken between the check and the start
+                    print(f"left to another process: {err}", flush=True)
+                    continue
                 row = {"fraction": fraction, "mode": mode, "generator": gen, "variant": variant, "seed": seed,
                        "recipe": recipe, "overrides": overrides, "key": key,
                        "train_s": round(train_s, 1), **probe(out)}

@@ -43,6 +43,10 @@ class RunDirError(SynthclError):
     """A run directory is missing, not a run, or would be overwritten."""
 
 
+class RunInUseError(RunDirError):
+    """Another live synthcl process is writing the run directory."""
+
+
 class TrainingDiverged(SynthclError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

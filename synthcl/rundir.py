@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from synthcl.config import Recipe, read_run_recipe, recipe_to_dict
-from synthcl.errors import ConfigError, RunDirError
+from synthcl.errors import ConfigError, RunDirError, RunInUseError
 from synthcl.io import atomic_write_json, read_json
 
 RECIPE_FILE = "recipe.yaml"
@@ -236,12 +236,18 @@ def lock_released_on_error(run_dir: Path) -> Iterator[None]:
         raise
 
 
+def held_elsewhere(run_dir: Path) -> int | None:
+    """The process id of another live process that holds ``run_dir``'s lock (it is training there), or None."""
+    path = Path(run_dir) / LOCK_FILE
+    return _lock_owner(path) if _held_by_another(path) else None
+
+
 def _refuse_if_in_use(run_dir: Path) -> None:
     """Raise if a live process other than this one holds ``run_dir``'s lock."""
-    path = run_dir / LOCK_FILE
-    if _held_by_another(path):
-        raise RunDirError(f"{run_dir} is being written by another synthcl process (pid {_lock_owner(path)}); "
-                          "wait for it to finish or choose another --out")
+    owner = held_elsewhere(run_dir)
+    if owner is not None:
+        raise RunInUseError(f"{run_dir} is being written by another synthcl process (pid {owner}); "
+                            "wait for it to finish or choose another --out")
 
 
 def _held_by_another(path: Path) -> bool:

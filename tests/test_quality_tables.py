@@ -157,3 +157,53 @@ def test_a_stopped_run_resumes_where_it_stopped(quality, tiny_recipe, tmp_path, 
     assert quality.run_state(out) == ("done", training_seconds(out)) and spent >= before
     write_status(out, "diverged", 4)
     assert quality.run_state(out) == ("fresh", 0.0)  # a diverged run is trained again, not continued
+
+
+def test_runs_that_another_process_is_training_are_left_to_it(quality, tmp_path, monkeypatch):
+    """Two copies of the benchmark on the same --runs share the grid: a run (or its warm-up) whose lock a
+    live process holds is skipped, and a run taken between the check and the start is skipped too."""
+    import argparse
+    import subprocess
+    import sys
+
+    from synthcl.errors import RunInUseError
+
+    trained = []
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        if out.name.startswith("f0.01-none---s1"):
+            raise RunInUseError(f"{out} is being written by another synthcl process")
+        trained.append(out.name)
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0, 1, 2], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        recipe, overrides = quality.run_spec("none", "-", 0.01, 2, [])
+        busy = tmp_path / f"f0.01-none---s2-{quality.cache_key(recipe, overrides)}"
+        busy.mkdir()
+        (busy / ".lock").write_text(str(other.pid))
+        rows = quality.run_grid(args, tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    assert [r["seed"] for r in rows] == [0] and len(trained) == 1
+    (busy / ".lock").write_text(str(other.pid))  # its process is gone: a stale lock does not block
+    assert [r["seed"] for r in quality.run_grid(args, tmp_path)] == [0, 2]
+
+
+def test_a_run_whose_warm_up_another_process_trains_is_left_to_it(quality, tmp_path, monkeypatch):
+    import argparse
+    import os
+
+    monkeypatch.setattr(quality, "train", lambda *a, **k: pytest.fail("nothing may be trained"))
+    recipe, overrides = quality.run_spec("static", "gan", 0.01, 0, [])
+    _, warm = quality.warm_folder(recipe, overrides, tmp_path)
+    warm.mkdir()
+    (warm / ".lock").write_text(str(os.getppid()))  # a live process other than this one
+    args = argparse.Namespace(fractions=[0.01], modes=["static"], seeds=[0], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    assert quality.run_grid(args, tmp_path) == []
