@@ -46,3 +46,34 @@ def test_s3_report_has_a_row_per_encoder_with_its_stretch_verdict(speed):
     assert len(rows) == 2
     assert "74%" in rows[0] and rows[0].endswith("| not met |")
     assert "bfloat16" in rows[1] and "85%" in rows[1] and rows[1].endswith("| met |")
+
+
+def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeypatch):
+    """The quality regime's rows are built from its recipes with the learner under bf16 autocast (their
+    train.precision) and each is divided by `none, scarce`, not by the quickstart's plain step."""
+    built = {}
+
+    class FakeStep:
+        def __init__(self, r, data, autocast=None, **kwargs):
+            self.r, self.autocast = r, autocast
+
+    def fake_interleave(cases, rounds, warmup, steps, log, limits=None):
+        built.update(cases)
+        # quickstart none 1 s/step, the scarce plain step 2 s, every other case 3 s
+        sec = {name: [1.0 if name == "none" else 2.0 if name == "none, scarce" else 3.0] * rounds for name in cases}
+        return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases}}
+
+    monkeypatch.setattr(speed, "SynthclStep", FakeStep)
+    monkeypatch.setattr(speed, "interleave", fake_interleave)
+    monkeypatch.setattr(speed, "real_loop_check", lambda *a: None)
+    args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1)
+    rows = {r["name"]: r for r in speed.section_s2(args, data=None, log=lambda m: None)["rows"]}
+    scarce = built["joint gan, scarce"]
+    assert scarce.r.name == "fashion-mnist-scarce-joint" and scarce.r.model.width == 32
+    assert scarce.autocast is torch.bfloat16 and built["none, scarce"].autocast is torch.bfloat16
+    assert built["joint gan"].autocast is None  # the quickstart family stays fp32
+    assert rows["joint gan, scarce"]["reference"] == "none, scarce" and rows["joint gan, scarce"]["ratio"] == 1.5
+    assert rows["joint gan, scarce"]["target"] == speed.TARGETS["S2 gan"]
+    assert rows["joint gan"]["ratio"] == 3.0 and rows["none, scarce"]["ratio"] == 1.0
+    knobs = built["joint gan, scarce, pair_views=1, generator_every=4"].r.synthesis
+    assert knobs.pair_views == 1 and knobs.generator_every == 4
