@@ -251,37 +251,45 @@ def headroom(rows: list[dict], floor: dict[str, dict], scarce: float) -> list[st
     return lines
 
 
+def verdict(ok: bool, *seeds: int) -> str:
+    """A target's verdict, called only where every side of the comparison has three seeds."""
+    fewest = min(seeds)
+    if fewest < 3:
+        return f"too few seeds to call ({fewest} on one side)"
+    return "met" if ok else "not met"
+
+
 def targets(rows: list[dict], metric: str) -> list[str]:
     """The method's comparisons beyond `none` on ``metric``: joint above static, above matched-views, joint
     at f against none at 2f (2x data efficiency), and the diffusion generator against the GAN."""
     stats, minutes = summarize(rows, metric), summarize(rows, "train_s")
     lines = []
-    for (f, name), (mean, _, _) in sorted(stats.items()):
+    for (f, name), (mean, _, n) in sorted(stats.items()):
         if not name.startswith("joint"):
             continue
         for control in ("static", "matched-views"):
             other = stats.get((f, name.replace("joint", control, 1))) or stats.get((f, control))
             if other is not None:
                 gap = mean - other[0]
-                lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): {'met' if gap > 0 else 'not met'}")
+                lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): {verdict(gap > 0, n, other[2])}")
         # The same minutes: plain SimCLR trained longer (a `none [...]` variant, e.g. more train.steps).
-        for (f2, plain), (plain_mean, _, _) in sorted(stats.items()):
+        for (f2, plain), (plain_mean, _, plain_n) in sorted(stats.items()):
             if f2 == f and plain.startswith("none ["):
                 gap = mean - plain_mean
                 when = f"plain {minutes[(f, plain)][0] / 60:.1f} min, {name} {minutes[(f, name)][0] / 60:.1f} min"
                 lines.append(f"- f={f}: {name} - {plain} ({when}) = {gap:+.2f} (target > 0 at no fewer plain "
-                             f"minutes): {'met' if gap > 0 else 'not met'}"
+                             f"minutes): {verdict(gap > 0, n, plain_n)}"
                              + ("" if minutes[(f, plain)][0] >= minutes[(f, name)][0] else "; plain had fewer minutes"))
         double = stats.get((round(2 * f, 6), "none"))
         if double is not None:
             gap = mean - double[0]
             lines.append(f"- data efficiency: {name} at f={f} - none at f={round(2 * f, 6)} = {gap:+.2f} (target >= 0): "
-                         f"{'met' if gap >= 0 else 'not met'}")
-    for (f, name), (mean, _, _) in sorted(stats.items()):
+                         f"{verdict(gap >= 0, n, double[2])}")
+    for (f, name), (mean, _, n) in sorted(stats.items()):
         gan = stats.get((f, name.replace(" (diffusion)", ""))) if " (diffusion)" in name and name.startswith("joint") else None
         if gan is not None:
             gap = mean - gan[0]
-            lines.append(f"- f={f}: {name} - joint (gan) = {gap:+.2f} (target >= 0): {'met' if gap >= 0 else 'not met'}")
+            lines.append(f"- f={f}: {name} - joint (gan) = {gap:+.2f} (target >= 0): {verdict(gap >= 0, n, gan[2])}")
     return lines
 
 

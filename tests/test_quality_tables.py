@@ -48,9 +48,18 @@ def test_paired_differences_use_matching_seeds_and_two_standard_deviations(quali
 
 def test_targets_compare_joint_with_controls_and_with_twice_the_data(quality):
     lines = quality.targets(ROWS, "few")
-    assert "- f=0.01: joint - static = +2.83 (target > 0): met" in lines
-    assert "- data efficiency: joint at f=0.01 - none at f=0.02 = +0.33 (target >= 0): met" in lines
-    assert "- f=0.01: joint (diffusion) - joint (gan) = +6.67 (target >= 0): met" in lines
+    # Called only where both sides have three seeds: static has two, none at f=0.02 two, diffusion one.
+    assert "- f=0.01: joint - static = +2.83 (target > 0): too few seeds to call (2 on one side)" in lines
+    assert ("- data efficiency: joint at f=0.01 - none at f=0.02 = +0.33 (target >= 0): too few seeds to call "
+            "(2 on one side)") in lines
+    assert "- f=0.01: joint (diffusion) - joint (gan) = +6.67 (target >= 0): too few seeds to call (1 on one side)" in lines
+    full = ROWS + [row("static", 1, 86.0), row("none", 2, 84.0, fraction=0.02)]
+    lines = quality.targets(full, "few")
+    assert "- f=0.01: joint - static = +1.00 (target > 0): met" in lines
+    assert "- data efficiency: joint at f=0.01 - none at f=0.02 = +0.00 (target >= 0): met" in lines
+    lines = quality.targets(full + [row("static", s, 90.0, fraction=0.005) for s in range(3)]
+                            + [row("joint", s, 89.0, fraction=0.005) for s in range(3)], "few")
+    assert "- f=0.005: joint - static = -1.00 (target > 0): not met" in lines
 
 
 def test_headroom_checks_both_conditions_on_the_primary_metric(quality):
@@ -126,7 +135,7 @@ def test_joint_against_plain_trained_for_the_same_minutes(quality):
     longer = [dict(row("none", s, 82.0, variant="9000 steps"), train_s=600.0) for s in range(3)]
     lines = quality.targets(ROWS + longer, "few")
     assert ("- f=0.01: joint - none [9000 steps] (plain 10.0 min, joint 1.0 min) = +1.33 (target > 0 at no fewer "
-            "plain minutes): met") in lines
+            "plain minutes): met") in lines  # three seeds on both sides
     shorter = [dict(r, train_s=30.0) for r in longer]
     assert ("- f=0.01: joint - none [9000 steps] (plain 0.5 min, joint 1.0 min) = +1.33 (target > 0 at no fewer "
             "plain minutes): met; plain had fewer minutes") in quality.targets(ROWS + shorter, "few")
