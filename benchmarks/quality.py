@@ -116,15 +116,18 @@ def train_or_resume(recipe: Any, out: Path, overrides: list[str] = ()) -> float:
     return before + time.perf_counter() - start
 
 
-def warm_generator(recipe: str, overrides: list[str], runs: Path) -> tuple[Path, float]:
-    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match;
-    its folder and the seconds this call spent on it (0 when it was already there)."""
+def warm_generator(recipe: str, overrides: list[str], runs: Path) -> Path:
+    """The generator warm-up of a generator-mode run, trained once and shared by the modes that match."""
     sub, out = warm_folder(recipe, overrides, runs)
-    if (out / "generator" / "config.json").is_file():
-        return out, 0.0
-    spent = train_or_resume(sub, out)
-    print(f"generator warm-up {out.name}: {spent:.0f} s", flush=True)
-    return out, spent
+    if not (out / "generator" / "config.json").is_file():
+        print(f"generator warm-up {out.name}: {train_or_resume(sub, out):.0f} s", flush=True)
+    return out
+
+
+def minutes_of(run: Path, warm: Path | None) -> float:
+    """A row's training seconds, read from its folders: the learner run plus its generator warm-up, which a
+    self-contained recipe run pays whether or not the benchmark shared the warm-up with another mode."""
+    return round(training_seconds(run) + (training_seconds(warm) if warm else 0.0), 1)
 
 
 def probe(run: Path, init: str = "trained") -> dict[str, float]:
@@ -144,10 +147,12 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 key = cache_key(recipe, overrides)
                 out = runs / f"f{fraction}-{mode}-{gen}-s{seed}-{key}"
                 done = out / "quality-row.json"
+                warm = warm_folder(recipe, overrides, runs)[1] if uses_generator(mode) else None
                 if done.is_file() and json.loads(done.read_text()).get("key") == key:
                     # The same resolved recipe finished earlier (perhaps under another name, e.g. a variant
                     # that became the recipe's default): reused under this command's label.
-                    rows.append(json.loads(done.read_text()) | {"variant": variant, "overrides": overrides})
+                    rows.append(json.loads(done.read_text()) | {"variant": variant, "overrides": overrides,
+                                                                "train_s": minutes_of(out, warm)})
                     print(json.dumps(rows[-1]), flush=True)
                     continue
                 if args.collect:
@@ -155,23 +160,23 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                     continue
                 # Another process of this benchmark on the same --runs may be training this run or its
                 # warm-up: left to it (the report that gathers both comes from --collect).
-                folders = [out, *([warm_folder(recipe, overrides, runs)[1]] if uses_generator(mode) else [])]
+                folders = [out, *([warm] if warm else [])]
                 owner = next((pid for pid in map(held_elsewhere, folders) if pid is not None), None)
                 if owner is not None:
                     print(f"being trained by process {owner}, left to it: {out.name}", flush=True)
                     continue
-                run_overrides, warm_s = list(overrides), 0.0
+                run_overrides = list(overrides)
                 try:
                     if uses_generator(mode):
-                        warm, warm_s = warm_generator(recipe, overrides, runs)
+                        warm_generator(recipe, overrides, runs)
                         run_overrides += [f"generator.pretrained={warm}", "generator.pretrain_steps=0"]
-                    train_s = warm_s + train_or_resume(recipe, out, run_overrides)
+                    train_or_resume(recipe, out, run_overrides)
                 except RunInUseError as err:  # taken between the check and the start
                     print(f"left to another process: {err}", flush=True)
                     continue
                 row = {"fraction": fraction, "mode": mode, "generator": gen, "variant": variant, "seed": seed,
                        "recipe": recipe, "overrides": overrides, "key": key,
-                       "train_s": round(train_s, 1), **probe(out)}
+                       "train_s": minutes_of(out, warm), **probe(out)}
                 done.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)

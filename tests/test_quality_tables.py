@@ -216,3 +216,25 @@ def test_a_run_whose_warm_up_another_process_trains_is_left_to_it(quality, tmp_p
     args = argparse.Namespace(fractions=[0.01], modes=["static"], seeds=[0], generator="gan", variant="default",
                               set=[], plain_set=[], collect=False)
     assert quality.run_grid(args, tmp_path) == []
+
+
+def test_every_generator_row_counts_its_warm_up_minutes_even_when_shared(quality, tmp_path, monkeypatch):
+    """Static and joint share a warm-up; each row's minutes include it, as a self-contained run pays it."""
+    import argparse
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.csv").write_text("step,elapsed_s\n10,100.0\n")
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    recipe, overrides = quality.run_spec("static", "gan", 0.01, 0, [])
+    _, warm = quality.warm_folder(recipe, overrides, tmp_path)
+    (warm / "generator").mkdir(parents=True)
+    (warm / "generator" / "config.json").write_text("{}")  # already warmed up by another mode
+    (warm / "metrics.csv").write_text("step,elapsed_s\n100,60.0\n")
+    args = argparse.Namespace(fractions=[0.01], modes=["static", "joint"], seeds=[0], generator="gan",
+                              variant="default", set=[], plain_set=[], collect=False)
+    assert [r["train_s"] for r in quality.run_grid(args, tmp_path)] == [160.0, 160.0]
+    args.collect = True
+    assert [r["train_s"] for r in quality.run_grid(args, tmp_path)] == [160.0, 160.0]  # reused: read again
