@@ -143,7 +143,9 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 gen = args.generator if uses_generator(mode) else "-"
                 # A plain row is a variant only when its own overrides change it (--plain-set).
                 variant = args.variant if mode != "none" or args.plain_set else "default"
-                recipe, overrides = run_spec(mode, gen, fraction, seed, args.set if mode != "none" else args.plain_set)
+                # matched-views draws no generator ("-" in its name) but is the joint recipe with its mode overridden
+                recipe, overrides = run_spec(mode, args.generator, fraction, seed,
+                                             args.set if mode != "none" else args.plain_set)
                 key = cache_key(recipe, overrides)
                 out = runs / f"f{fraction}-{mode}-{gen}-s{seed}-{key}"
                 done = out / "quality-row.json"

@@ -108,6 +108,28 @@ def test_run_grid_returns_trained_and_cached_rows_under_their_keys(quality, tmp_
     assert {r["variant"] for r in quality.run_grid(args, tmp_path)} == {"renamed"} and len(trained) == 4
 
 
+def test_matched_views_rows_train_from_the_joint_recipe_without_a_generator(quality, tmp_path, monkeypatch):
+    """The matched-views control names no generator ("-") yet is the joint recipe with its mode overridden;
+    it trains no warm-up."""
+    import argparse
+
+    trained = []
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        trained.append((recipe, out.name, list(overrides)))
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.005], modes=["matched-views"], seeds=[0], generator="gan",
+                              variant="default", set=[], plain_set=[], collect=False)
+    rows = quality.run_grid(args, tmp_path)
+    assert [r["mode"] for r in rows] == ["matched-views"] and rows[0]["generator"] == "-"
+    [(recipe, name, overrides)] = trained  # one run, no generator warm-up before it
+    assert recipe == quality.JOINT["gan"] and "synthesis.mode=matched-views" in overrides
+    assert name.startswith("f0.005-matched-views---s0-")
+
+
 def test_controls_and_knob_variants(quality):
     """A generator-free control is named by its mode; a knob variant is paired against plain SimCLR and
     against its own mode without the knobs (the knobs' own effect); joint is compared with the controls."""
