@@ -77,3 +77,6 @@ def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeyp
     assert rows["joint gan"]["ratio"] == 3.0 and rows["none, scarce"]["ratio"] == 1.0
     knobs = built["joint gan, scarce, pair_views=1, generator_every=4"].r.synthesis
     assert knobs.pair_views == 1 and knobs.generator_every == 4
+    bf16 = built["joint gan, scarce, pair_views=1, generator_every=4, generator bf16"]
+    assert bf16.r.synthesis.generator_precision == "bf16" and bf16.r.synthesis.pair_views == 1
+    assert rows["joint gan, scarce, pair_views=1, generator_every=4, generator bf16"]["reference"] == "none, scarce"
