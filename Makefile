@@ -36,10 +36,11 @@ data: $(STAMP)
 
 # The scarce regime (0.5% of the images, a width-32 encoder): plain SimCLR and the paper's method (its GAN warmed up inside the
 # run, then trained jointly), then the floors (raw pixels, random init), plain and joint side by side on the
-# primary metric, with the machine and the minutes each took.
+# primary metric, with the machine and the minutes each took. Run again after a stop, it continues each run where it
+# stopped and reuses a finished one (--auto-resume); `make clean` starts it over.
 demo: data
-	$(VENV)/bin/synthcl train fashion-mnist-scarce --out $(DEMO_RUN) --overwrite
-	$(VENV)/bin/synthcl train fashion-mnist-scarce-joint --out $(DEMO_JOINT_RUN) --overwrite
+	$(VENV)/bin/synthcl train fashion-mnist-scarce --out $(DEMO_RUN) --auto-resume
+	$(VENV)/bin/synthcl train fashion-mnist-scarce-joint --out $(DEMO_JOINT_RUN) --auto-resume
 	$(VENV)/bin/synthcl eval $(DEMO_RUN) --quiet
 	$(VENV)/bin/synthcl eval $(DEMO_RUN) --init pixels --quiet
 	$(VENV)/bin/synthcl eval $(DEMO_RUN) --init random --quiet

@@ -90,6 +90,51 @@ def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> l
     return diffs
 
 
+def _refuse_another_recipe(run_dir: Path, recipe: Recipe,
+                           hint: str = "resume with the run's own recipe") -> Recipe:
+    """The run's stored recipe, if ``recipe`` may continue it (only :data:`RESUMABLE_CHANGES` differ).
+
+    Raises:
+        ConfigError: naming the settings that differ.
+    """
+    stored = read_run_recipe(run_dir)
+    diffs = _recipe_differences(recipe_to_dict(stored), recipe_to_dict(recipe))
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); {hint}"
+        )
+    return stored
+
+
+def auto_resume_plan(run_dir: Path, recipe: Recipe) -> str:
+    """What ``train(..., auto_resume=True)`` (``synthcl train --auto-resume``) does with ``run_dir``:
+    ``"start"`` when it holds no run, ``"finished"`` when it holds this recipe's run trained to its end,
+    ``"resume"`` when it holds this recipe's run stopped part-way (killed, interrupted, cut short by
+    ``train.max_steps``, or stopped while warming its generator up). A script or a scheduler that runs the
+    same command again after a pre-emption gets one run, trained once.
+
+    Raises:
+        ConfigError: the run there was trained from another recipe.
+        RunDirError: the run there diverged (resuming would diverge again), or its status cannot be read.
+    """
+    if not is_run_dir(run_dir):
+        return "start"
+    stored = _refuse_another_recipe(run_dir, recipe, "pass --overwrite to replace the run, or choose another --out")
+    try:
+        status = read_json(run_dir / STATUS_FILE)
+        state, step = str(status["status"]), int(status["step"])
+    except (OSError, ValueError, TypeError, KeyError):
+        raise RunDirError(f"{run_dir / STATUS_FILE} cannot be read; --overwrite replaces the run") from None
+    if state == "diverged":
+        raise RunDirError(f"{run_dir} diverged (last good step {step}): resuming would diverge again; "
+                          "change the recipe and pass --overwrite")
+    total = status.get("total_steps")
+    if state == "completed" and isinstance(total, int) and step >= total \
+            and stored.train.max_steps == recipe.train.max_steps:
+        return "finished"
+    return "resume"
+
+
 def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Recipe:
     """Create, refuse, or reopen a run directory and lock it for this process; return the recipe the run uses.
 
@@ -106,13 +151,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
     if resume:
         if not is_run_dir(run_dir):
             raise RunDirError(f"cannot resume: {run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
-        stored = recipe_to_dict(read_run_recipe(run_dir))
-        diffs = _recipe_differences(stored, recipe_to_dict(recipe))
-        if diffs:
-            raise ConfigError(
-                f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); "
-                "resume with the run's own recipe"
-            )
+        _refuse_another_recipe(run_dir, recipe)
         acquire_lock(run_dir)
         return recipe
     if run_dir.exists() and not run_dir.is_dir():

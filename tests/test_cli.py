@@ -213,3 +213,46 @@ def test_yaml_no_and_exponent_without_dot_are_understood():
 
     recipe = load_recipe("quickstart", ["train.precision=no", "optim.lr=1e-3"])
     assert recipe.train.precision == "no" and recipe.optim.lr == 1e-3
+
+
+def test_auto_resume_starts_continues_and_leaves_a_finished_run(monkeypatch, capsys, tmp_path, tiny_recipe_file):
+    """The same `--auto-resume` command run again: a run cut short continues to the weights of an
+    uninterrupted run, a finished run is left byte for byte, and an empty --out starts the run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from synthcl.training import train
+
+    recipe = str(tiny_recipe_file())
+    full, part = tmp_path / "full", tmp_path / "part"
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(full), "--auto-resume", "-q")
+    assert code == 0, err
+    assert (full / "checkpoints/last").is_dir()
+    train(recipe, out=part, quiet=True, overrides=["train.max_steps=2"])  # stopped after 2 of 4 steps
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(part), "--auto-resume", "-q")
+    assert code == 0, err
+    a, b = (load_file(str(run / "checkpoints/last/weights.safetensors")) for run in (full, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    before = tree_digest(part)
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(part), "--auto-resume")
+    assert code == 0 and "nothing to train" in err
+    assert tree_digest(part) == before
+
+
+def test_auto_resume_refuses_another_recipe_a_diverged_run_and_other_flags(monkeypatch, capsys, trained_run,
+                                                                           tiny_recipe_file):
+    import json
+
+    recipe, before = str(tiny_recipe_file()), tree_digest(trained_run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "optim.lr=0.01", "--out", str(trained_run),
+                           "--auto-resume", "-q")
+    assert_one_line_error(code, err, "optim.lr")
+    assert "--overwrite" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(trained_run), "--auto-resume",
+                           "--overwrite", "-q")
+    assert_one_line_error(code, err, "--auto-resume excludes")
+    assert tree_digest(trained_run) == before
+    status = json.loads((trained_run / "run.json").read_text())
+    (trained_run / "run.json").write_text(json.dumps(status | {"status": "diverged", "step": 2}))
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(trained_run), "--auto-resume", "-q")
+    assert_one_line_error(code, err, "diverged")

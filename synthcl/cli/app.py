@@ -73,6 +73,9 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<recipe>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    auto_resume: Annotated[bool, typer.Option(
+        "--auto-resume", help="Start the run in --out, continue it if it stopped, leave it if it finished: "
+                              "the same command again after a pre-emption trains one run once.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     code: CodeOption = None,
 ) -> None:
@@ -80,7 +83,8 @@ def train(
     from synthcl.training import train as run_training
 
     load_code(code or [])
-    run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [])
+    run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [],
+                           auto_resume=auto_resume)
     _end_distributed()
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"run written to {run_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps, uses_generator
-from synthcl.errors import ConfigError, DataError
+from synthcl.errors import ConfigError, DataError, RunDirError
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_text
 from synthcl.rundir import (
     RECIPE_FILE,
+    auto_resume_plan,
     clear_old_run,
     drop_replaced_run,
     lock_released_on_error,
@@ -47,6 +49,7 @@ def train(
     overwrite: bool = False,
     quiet: bool = False,
     overrides: list[str] | tuple[str, ...] = (),
+    auto_resume: bool = False,
 ) -> Path:
     """Train a learner from a recipe and return its run directory.
 
@@ -58,6 +61,9 @@ def train(
         overwrite: replace an existing run in ``out``.
         quiet: no progress bar.
         overrides: dotted assignments applied to a recipe loaded from a file or name.
+        auto_resume: start the run if ``out`` holds none, resume it if it stopped part-way, leave it as it
+            is if it already finished (see :func:`synthcl.rundir.auto_resume_plan`); excludes ``resume``
+            and ``overwrite``.
 
     Raises:
         SynthclError: on bad input (recipe, data, run directory), divergence or interruption; the
@@ -69,6 +75,15 @@ def train(
     elif overrides:
         recipe = recipe_from_dict(_override_dict(recipe, overrides))
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
+    if auto_resume:
+        if resume or overwrite:
+            raise RunDirError("--auto-resume excludes --resume and --overwrite")
+        plan = auto_resume_plan(run_dir, recipe)
+        if plan == "finished":
+            if not quiet:
+                print(f"{run_dir} holds this recipe's finished run: nothing to train", file=sys.stderr)
+            return run_dir
+        resume = plan == "resume"
     with lock_released_on_error(run_dir):  # a run that stops on an error leaves the folder free
         if recipe.stage == "generator":
             from synthcl.training.generator_loop import train_generator
