@@ -161,7 +161,8 @@ def test_warm_up_equals_a_separate_generator_run(tmp_path, one_thread):
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, monkeypatch):
+@pytest.mark.parametrize("again", [{"resume": True}, {"auto_resume": True}])
+def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, monkeypatch, again):
     from synthcl.training import generator_loop
     from synthcl.training.session import RunInterrupted
 
@@ -180,7 +181,7 @@ def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, 
     with pytest.raises(RunInterrupted, match=r"warming the generator up; continue with: .* --resume"):
         train(recipe, out=tmp_path / "run", quiet=True)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
-    train(recipe, out=tmp_path / "run", quiet=True, resume=True)
+    train(recipe, out=tmp_path / "run", quiet=True, **again)  # --resume, or the same command with --auto-resume
     a = load_file(str(reference / "backbone.safetensors"))
     b = load_file(str(tmp_path / "run" / "backbone.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
