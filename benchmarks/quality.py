@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe, markdown
 
-from synthcl.config import load_recipe, recipe_to_dict, uses_generator
+from synthcl.config import load_recipe, read_run_recipe, recipe_to_dict, uses_generator
 from synthcl.errors import RunDirError, RunInUseError
 from synthcl.eval import evaluate_run
 from synthcl.io import read_json
@@ -81,6 +81,11 @@ def warm_folder(recipe: str, overrides: list[str], runs: Path) -> tuple[Any, Pat
     resolved.pop("synthesis")  # a generator-stage run never reads it: a synthesis knob shares the warm-up
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
     return sub, runs / f"warmup-{sub.generator.name}-{digest.hexdigest()[:12]}"
+
+
+def folder(runs: Path, row: dict) -> Path:
+    """Where the grid keeps the run of ``row``."""
+    return runs / f"f{row['fraction']}-{row['mode']}-{row['generator']}-s{row['seed']}-{row['key']}"
 
 
 def run_state(out: Path) -> tuple[str, float]:
@@ -147,7 +152,7 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                 recipe, overrides = run_spec(mode, args.generator, fraction, seed,
                                              args.set if mode != "none" else args.plain_set)
                 key = cache_key(recipe, overrides)
-                out = runs / f"f{fraction}-{mode}-{gen}-s{seed}-{key}"
+                out = folder(runs, {"fraction": fraction, "mode": mode, "generator": gen, "seed": seed, "key": key})
                 done = out / "quality-row.json"
                 warm = warm_folder(recipe, overrides, runs)[1] if uses_generator(mode) else None
                 if done.is_file() and json.loads(done.read_text()).get("key") == key:
@@ -168,6 +173,10 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                     print(f"being trained by process {owner}, left to it: {out.name}", flush=True)
                     continue
                 run_overrides = list(overrides)
+                # The training process's own machine line (threads, load): the report is often collected
+                # by another process, whose line the header shows.
+                machine = describe()
+                trained_on = f"{machine['cpu']}, load {machine['load average (1 min, at start)']} at its start"
                 try:
                     if uses_generator(mode):
                         warm_generator(recipe, overrides, runs)
@@ -177,7 +186,7 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                     print(f"left to another process: {err}", flush=True)
                     continue
                 row = {"fraction": fraction, "mode": mode, "generator": gen, "variant": variant, "seed": seed,
-                       "recipe": recipe, "overrides": overrides, "key": key,
+                       "recipe": recipe, "overrides": overrides, "key": key, "trained_on": trained_on,
                        "train_s": minutes_of(out, warm), **probe(out)}
                 done.write_text(json.dumps(row))
                 rows.append(row)
@@ -191,8 +200,7 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
     plain = sorted((r for r in rows if r["mode"] == "none"), key=lambda r: (-r["fraction"], r["seed"]))
     if not plain:
         return []
-    r = plain[0]
-    run = runs / f"f{r['fraction']}-none---s{r['seed']}-{r['key']}"
+    run = folder(runs, plain[0])
     found = []
     for init in ("pixels", "random"):
         cached = run / f"floor-{init}.json"
@@ -202,6 +210,35 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
             cached.write_text(json.dumps(probe(run, init)))
         found.append({"mode": init, **json.loads(cached.read_text())})
     return found
+
+
+def learner_setup(runs: Path, rows: list[dict]) -> str:
+    """What the learner of the plain runs was, read from their own recipes (not today's recipe file, which
+    may have changed since they trained); "" where none of their folders is at hand."""
+    seen = []
+    for r in rows:
+        if r["mode"] != "none" or not folder(runs, r).is_dir():
+            continue
+        try:
+            rec = read_run_recipe(folder(runs, r))
+        except RunDirError:
+            continue
+        text = (f"{rec.model.backbone}, width {rec.model.width}, {rec.train.steps} learner steps of batch "
+                f"{rec.train.batch_size}, precision {rec.train.precision}")
+        if r.get("variant", "default") != "default":
+            text = f"[{r['variant']}] {text}"
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(sorted(seen, key=lambda t: t.startswith("[")))
+
+
+def trained_on(rows: list[dict]) -> str:
+    """The training processes' machine lines, counted over rows (rows from before the field say so)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        where = r.get("trained_on", "not recorded (older rows)")
+        counts[where] = counts.get(where, 0) + 1
+    return "; ".join(f"{where}: {n} row{'s' if n > 1 else ''}" for where, n in counts.items())
 
 
 def warmup_fid(rows: list[dict], runs: Path, n: int) -> list[dict]:
@@ -358,15 +395,20 @@ def plot(rows: list[dict], floor: dict[str, dict], path: Path) -> bool:
 
 
 def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], machine: dict, scarce: float,
-           warmups: list[dict] = ()) -> list[str]:
+           warmups: list[dict] = (), setup: str = "") -> list[str]:
     floor = {r["mode"]: r for r in floor_rows}
-    recipe = load_recipe(PLAIN)
+    if not setup:
+        recipe = load_recipe(PLAIN)
+        setup = (f"{recipe.model.backbone}, width {recipe.model.width}, {recipe.train.steps} learner steps of batch "
+                 f"{recipe.train.batch_size}, precision {recipe.train.precision} (today's recipe: no run folder at hand)")
+    # The machine lines describe the process that wrote this report, which may not have trained a run.
+    collected = "- Written by this process:\n" + "\n".join("  " + line for line in markdown(machine).splitlines())
     stats = {m: summarize(all_rows, m) for m in METRICS}
     lines = ["# Quality benchmark Q: Fashion-MNIST, the scarce regime", "",
              "- Commands (rows merge across them; finished runs are reused only under the same resolved recipe):",
-             *[f"  - `{c}`" for c in commands], markdown(machine),
-             (f"- Every run: recipe `{PLAIN}` ({recipe.model.backbone}, width {recipe.model.width}, "
-              f"{recipe.train.steps} learner steps of batch {recipe.train.batch_size}, precision {recipe.train.precision}) "
+             *[f"  - `{c}`" for c in commands], collected,
+             f"- Trained by: {trained_on(all_rows)}",
+             (f"- Every run: recipe `{PLAIN}` ({setup}) "
               "on the fraction's images, the generator modes from `fashion-mnist-scarce-joint` (its generator warmed up "
               "in the run); seed s sets the learner, the image subset and the generator's warm-up"),
              (f"- Primary metric: **{METRICS[PRIMARY][1]}** (class-balanced, mean of 3 label subsets), chosen because it "
@@ -443,15 +485,16 @@ def main() -> None:
         all_rows = list(merged.values())
         floor_rows = floors(runs, all_rows) or previous.get("floors", [])
         warmups = warmup_fid(all_rows, runs, args.fid) if args.fid else previous.get("warmups", [])
+        setup = learner_setup(runs, all_rows) or previous.get("setup", "")
     commands = [c for c in previous.get("commands", []) if c != command] + [command]
-    lines = report(all_rows, floor_rows, commands, machine, scarce, warmups)
+    lines = report(all_rows, floor_rows, commands, machine, scarce, warmups, setup)
     if plot(all_rows, {r["mode"]: r for r in floor_rows}, args.out.with_suffix(".png")):
         lines += ["", f"![primary metric and kNN against fraction]({args.out.with_suffix('.png').name})"]
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    store.write_text(json.dumps({"commands": commands, "floors": floor_rows, "warmups": warmups, "rows": all_rows},
-                                indent=1))
+    store.write_text(json.dumps({"commands": commands, "floors": floor_rows, "warmups": warmups, "setup": setup,
+                                 "rows": all_rows}, indent=1))
     print("\n".join(lines))
 
 

@@ -260,3 +260,31 @@ def test_every_generator_row_counts_its_warm_up_minutes_even_when_shared(quality
     assert [r["train_s"] for r in quality.run_grid(args, tmp_path)] == [160.0, 160.0]
     args.collect = True
     assert [r["train_s"] for r in quality.run_grid(args, tmp_path)] == [160.0, 160.0]  # reused: read again
+
+
+def test_the_report_names_the_training_processes_and_the_runs_own_recipe(quality, tmp_path, monkeypatch):
+    """The header describes the runs as they were trained: the learner from each run folder's recipe (not
+    today's recipe file) and the training processes' machine lines, apart from the process that wrote it."""
+    import argparse
+
+    from synthcl.config import dump_recipe, load_recipe
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(dump_recipe(load_recipe(recipe, ["model.width=8", *overrides])))
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    monkeypatch.setattr(quality, "describe", lambda: {"cpu": "Test CPU, 2 cores, 1 torch threads",
+                                                      "load average (1 min, at start)": "0.50"})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0, 1], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    rows = quality.run_grid(args, tmp_path) + [dict(row("none", 2, 80.0), key="elsewhere")]
+    assert rows[0]["trained_on"] == "Test CPU, 2 cores, 1 torch threads, load 0.50 at its start"
+    setup = quality.learner_setup(tmp_path, rows)
+    assert setup.startswith("small-cnn, width 8, ") and ";" not in setup  # one setup, read from the folders
+    lines = quality.report(rows, [], ["cmd"], {"date": "today", "cpu": "Collector CPU"}, 0.01, setup=setup)
+    assert "- Trained by: Test CPU, 2 cores, 1 torch threads, load 0.50 at its start: 2 rows; " \
+           "not recorded (older rows): 1 row" in lines
+    assert "- Written by this process:\n  - Date: today\n  - Cpu: Collector CPU" in lines
+    assert any(line.startswith("- Every run: recipe `fashion-mnist-scarce` (small-cnn, width 8, ") for line in lines)
