@@ -233,7 +233,11 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
                 # the generator and critic under bf16 autocast too, as the learner already is
                 ("joint gan, scarce, pair_views=1, generator_every=4, generator bf16", SCARCE_JOINT,
                  [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4",
-                  "synthesis.generator_precision=bf16"])):
+                  "synthesis.generator_precision=bf16"]),
+                # and the critic on every second generator update: every speed knob at once
+                ("joint gan, scarce, pair_views=1, generator_every=4, generator bf16, critic_every=2", SCARCE_JOINT,
+                 [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4",
+                  "synthesis.generator_precision=bf16", "synthesis.critic_every=2"])):
             r = recipe(recipe_name, overrides)
             cases[name] = SynthclStep(r, data, autocast=torch.bfloat16 if r.train.precision == "bf16" else None)
             references[name] = "none, scarce"
