@@ -229,6 +229,10 @@ class SynthesisConfig:
     generator_precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: autocast the generator's and critic's forward passes during joint training (cheaper on CPUs and
     GPUs with bf16 units; the learner's precision is ``train.precision``)."""
+    hard_term_precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast the hard term's pass through the frozen learner (its forward and the backward to the
+    synthetic views), as ``train.precision: bf16`` already does for the learner's own update; fp32: that
+    pass in full precision whatever the learner trains in."""
     pair_views: int = 2
     """Augmented views of each member of a positive pair (2: four views per pair, the paper's; 1: two, the
     pair members themselves are the positives, and half the synthetic views for the learner to process)."""

@@ -375,3 +375,21 @@ def test_generator_precision_bf16_runs_the_generator_under_autocast():
     assert dtypes == [torch.bfloat16, torch.bfloat16]  # generator and partner ran in bf16
     synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, frozen_loss)
     assert all(torch.isfinite(p).all() for p in gen.parameters())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_hard_term_precision_sets_the_frozen_learners_pass(precision):
+    """hard_term_precision=bf16: the learner's pass inside the generator step (its forward, the backward to
+    the synthetic views) runs under bf16 autocast; fp32 (the default): in full precision, even when the
+    generator itself runs in bf16. The generator still gets a finite gradient from the hard term."""
+    learner, gen, synth, augment, frozen_loss = _setup("joint", hard_term_precision=precision,
+                                                        generator_precision="bf16")
+    seen = []
+    handle = learner.backbone.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in gen.generator_parameters()]
+    synth.update_generator(0, torch.rand(8, 1, 28, 28) * 2 - 1, frozen_loss)
+    handle.remove()
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]
+    assert synth.last["hard_loss"].dtype == torch.float32 and torch.isfinite(synth.last["hard_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, gen.generator_parameters()))

@@ -80,5 +80,8 @@ def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeyp
     bf16 = built["joint gan, scarce, pair_views=1, generator_every=4, generator bf16"]
     assert bf16.r.synthesis.generator_precision == "bf16" and bf16.r.synthesis.pair_views == 1
     assert rows["joint gan, scarce, pair_views=1, generator_every=4, generator bf16"]["reference"] == "none, scarce"
-    every = built["joint gan, scarce, pair_views=1, generator_every=4, generator bf16, critic_every=2"].r.synthesis
-    assert (every.critic_every, every.generator_precision, every.pair_views, every.generator_every) == (2, "bf16", 1, 4)
+    every = built["joint gan, scarce, every speed knob"].r.synthesis
+    assert (every.critic_every, every.generator_precision, every.pair_views, every.generator_every,
+            every.hard_term_precision) == (2, "bf16", 1, 4, "bf16")
+    assert built["joint gan, scarce, hard term bf16"].r.synthesis.hard_term_precision == "bf16"
+    assert built["joint gan, scarce"].r.synthesis.hard_term_precision == "fp32"

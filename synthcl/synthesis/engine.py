@@ -122,10 +122,12 @@ class Synthesizer:
         self.last: dict[str, Any] = {}
         self.times = {"synthesize": 0.0, "critic": 0.0, "generator": 0.0}
 
-    def autocast(self) -> Any:
-        """bf16 autocast around the generator's and critic's forward passes (``generator_precision: bf16``)."""
+    def autocast(self, precision: str | None = None) -> Any:
+        """bf16 autocast around the generator's and critic's forward passes (``generator_precision: bf16``),
+        or around another pass at ``precision``."""
         device = next(self.generator.parameters()).device
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.generator_precision == "bf16")
+        enabled = (precision or self.config.generator_precision) == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # -- schedules ------------------------------------------------------------------------------------
 
@@ -276,11 +278,12 @@ class Synthesizer:
         hard = torch.zeros((), device=real.device)
         hard_active = self.mode in HARD_TERM and self.active(step)
         if hard_active:
-            views = views.float()  # the learner's own precision applies (a bf16 generator hands bf16 views)
+            views = views.float()  # a bf16 generator hands bf16 views; the pass's own precision applies
             if self.config.hard_real_negatives and real_views is not None:
                 views = torch.cat([views, real_views[0].detach().to(views.dtype)])
                 groups = torch.cat([groups, real_views[1]])
-            hard = frozen_learner_loss(views, groups)
+            with self.autocast(self.config.hard_term_precision):
+                hard = frozen_learner_loss(views, groups).float()
         weighted_realism = self.config.lambda_real * realism
         if hard_active and (step % self.config.control_every == 0 or
                             (self.config.lambda_hard_mode == "balanced" and self.balance is None)):
