@@ -65,12 +65,21 @@ def run_spec(mode: str, generator: str, fraction: float, seed: int, extra: list[
     return JOINT[generator], overrides + [f"synthesis.mode={mode}", *extra]
 
 
+# Settings added to synthcl after grids were trained, with the value that computes exactly what the code
+# did before them: at that value a setting is left out of the digest, so a finished run keeps its key (and
+# is reused) when a new knob arrives; at any other value it is in the digest like every other setting.
+KEY_NEUTRAL = {("synthesis", "hard_term_precision"): "fp32"}
+
+
 def cache_key(recipe: str, overrides: list[str]) -> str:
     """A digest of the fully resolved recipe: any setting that changes a result (steps, the generator's
     warm-up, an override, an edited recipe file) gives another key, so a stale run is never reused."""
     resolved = recipe_to_dict(load_recipe(recipe, overrides))
     resolved.pop("name", None)
     resolved.pop("description", None)
+    for (section, name), value in KEY_NEUTRAL.items():
+        if resolved.get(section, {}).get(name, value) == value:
+            resolved.get(section, {}).pop(name, None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

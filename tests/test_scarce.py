@@ -216,3 +216,21 @@ def test_cache_key_changes_with_every_setting_that_changes_a_result(quality):
     assert "data.fraction_seed=2" in plain[1] and "train.seed=2" in plain[1]
     # a run folder holds its key: a finished run under another key is not reused
     assert recipe_to_dict(load_recipe(recipe, overrides))["train"]["steps"] == 3000
+
+
+def test_a_new_knob_at_its_neutral_value_keeps_the_keys_of_finished_runs(quality):
+    """A setting added after a grid was trained leaves the digest at the value that computes what the code
+    did before it (the grid's finished runs stay reusable), and enters it at any other value."""
+    import hashlib
+    import json
+
+    recipe, overrides = quality.run_spec("joint", "gan", 0.005, 0, [])
+    before = recipe_to_dict(load_recipe(recipe, overrides))
+    for field in ("name", "description"):
+        before.pop(field)
+    for (section, name), value in quality.KEY_NEUTRAL.items():
+        assert before[section].pop(name) == value  # the recipe's default is the neutral value
+    old = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert quality.cache_key(recipe, overrides) == old
+    assert quality.cache_key(recipe, overrides + ["synthesis.hard_term_precision=fp32"]) == old
+    assert quality.cache_key(recipe, overrides + ["synthesis.hard_term_precision=bf16"]) != old
