@@ -55,7 +55,12 @@ def test_targets_compare_joint_with_controls_and_with_twice_the_data(quality):
     assert "- f=0.01: joint (diffusion) - joint (gan) = +6.67 (target >= 0): too few seeds to call (1 on one side)" in lines
     full = ROWS + [row("static", 1, 86.0), row("none", 2, 84.0, fraction=0.02)]
     lines = quality.targets(full, "few")
-    assert "- f=0.01: joint - static = +1.00 (target > 0): met" in lines
+    # +1.00 on the means, but paired by seed the differences are +2.50, -3.00, +3.50: no effect.
+    assert ("- f=0.01: joint - static = +1.00 (target > 0): not met (within 2 sd of the paired differences, "
+            "sd 3.50: no effect)") in lines
+    tight = [r for r in full if r["mode"] != "static"] + [row("static", s, few - 1.0 - 0.1 * s)
+                                                          for s, few in enumerate((82.5, 83.0, 84.5))]
+    assert "- f=0.01: joint - static = +1.10 (target > 0): met" in quality.targets(tight, "few")
     assert "- data efficiency: joint at f=0.01 - none at f=0.02 = +0.00 (target >= 0): met" in lines
     lines = quality.targets(full + [row("static", s, 90.0, fraction=0.005) for s in range(3)]
                             + [row("joint", s, 89.0, fraction=0.005) for s in range(3)], "few")
