@@ -312,19 +312,33 @@ def verdict(ok: bool, *seeds: int) -> str:
     return "met" if ok else "not met"
 
 
+def by_seed(rows: list[dict]) -> dict[tuple[float, str], dict[int, dict]]:
+    """The rows grouped by (fraction, label), then by seed: the pairing of every paired comparison."""
+    groups: dict[tuple[float, str], dict[int, dict]] = {}
+    for r in rows:
+        groups.setdefault((r["fraction"], label(r)), {})[r["seed"]] = r
+    return groups
+
+
+def plain_twin(name: str, groups: dict) -> list[str]:
+    """The plain rows a run is compared with: `none`, and `none [v]` where a run ``mode [v]`` has a plain
+    twin trained with the same change (e.g. the same step count), whichever fractions hold it."""
+    variant = name.split(" [", 1)[1][:-1] if " [" in name else None
+    twin = f"none [{variant}]"
+    return ["none"] + ([twin] if variant and any(n == twin for (_, n) in groups) else [])
+
+
 def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int, other_n: int) -> str:
     """The verdict of "``name`` above ``other``": met only where the difference, paired by seed, lies beyond
     two standard deviations of the paired differences (a smaller one is no effect, whatever its sign)."""
     if min(n, other_n) < 3:
         return verdict(True, n, other_n)
-    by_seed = {label(r): {} for r in rows}
-    for r in rows:
-        if r["fraction"] == f:
-            by_seed[label(r)][r["seed"]] = r[metric]
-    seeds = sorted(set(by_seed[name]) & set(by_seed[other]))
+    groups = by_seed(rows)
+    mine, theirs = groups.get((f, name), {}), groups.get((f, other), {})
+    seeds = sorted(set(mine) & set(theirs))
     if len(seeds) < 3:
         return f"too few seeds to call ({len(seeds)} paired)"
-    d = [by_seed[name][s] - by_seed[other][s] for s in seeds]
+    d = [mine[s][metric] - theirs[s][metric] for s in seeds]
     mean, sd = statistics.mean(d), statistics.stdev(d)
     if mean > 2 * sd:
         return "met"
@@ -382,15 +396,15 @@ def targets(rows: list[dict], metric: str) -> list[str]:
 def paired(rows: list[dict], metric: str) -> list[str]:
     """Each run minus `none` at the same seed: same learner initialisation, image subset, batches and
     augmentations, so the spread that every mode shares cancels."""
-    by_seed: dict[tuple[float, str], dict[int, dict]] = {}
-    for r in rows:
-        by_seed.setdefault((r["fraction"], label(r)), {})[r["seed"]] = r
+    groups = by_seed(rows)
     lines = []
-    for (f, name), group in sorted(by_seed.items()):
-        # Against plain SimCLR; a variant ([knobs]) also against its mode without them (the knobs' own effect).
-        bases = ["none"] + ([name.split(" [", 1)[0]] if " [" in name and not name.startswith("none") else [])
+    for (f, name), group in sorted(groups.items()):
+        # Against plain SimCLR (and its twin `none [v]` where plain was trained with the same change, e.g. the
+        # same step count); a variant ([knobs]) also against its mode without them (the knobs' own effect).
+        variant = " [" in name and not name.startswith("none")
+        bases = plain_twin(name, groups) + ([name.split(" [", 1)[0]] if variant else [])
         for base in bases:
-            other = by_seed.get((f, base), {})
+            other = groups.get((f, base), {})
             seeds = sorted(set(group) & set(other))
             if name == base or name == "none" or not seeds:
                 continue
@@ -398,7 +412,8 @@ def paired(rows: list[dict], metric: str) -> list[str]:
             sd = statistics.stdev(d) if len(d) > 1 else 0.0
             mean = statistics.mean(d)
             beyond = len(d) > 1 and mean > 2 * sd
-            verdict = ("target met" if base == "none" and mean >= 2.0 and beyond else
+            target = base.startswith("none") and not name.startswith("none")
+            verdict = ("target met" if target and mean >= 2.0 and beyond else
                        "an effect (beyond 2 sd)" if beyond or (len(d) > 1 and mean < -2 * sd) else "no effect (within 2 sd)")
             # A standard deviation of two differences says little about the spread: three seeds before a call.
             if len(d) < 3:

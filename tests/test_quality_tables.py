@@ -299,3 +299,21 @@ def test_the_report_names_the_training_processes_and_the_runs_own_recipe(quality
            "not recorded (older rows): 1 row" in lines
     assert "- Written by this process:\n  - Date: today\n  - Cpu: Collector CPU" in lines
     assert any(line.startswith("- Every run: recipe `fashion-mnist-scarce` (small-cnn, width 8, ") for line in lines)
+
+
+def test_a_variant_meets_the_plain_run_trained_with_the_same_change(quality):
+    """`joint [1500 steps]` is paired against `none [1500 steps]` as well as `none` and `joint`: the fair
+    comparison where both were trained for the same number of steps; the +2.0 target applies to it too."""
+    rows = ROWS + [row("none", s, few, variant="1500 steps") for s, few in ((0, 81.0), (1, 82.0), (2, 83.0))]
+    rows += [row("joint", s, few, variant="1500 steps") for s, few in ((0, 83.5), (1, 84.0), (2, 85.5))]
+    lines = quality.paired(rows, "few")
+    assert "| 0.01 | joint [1500 steps] - none [1500 steps] | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |" in lines
+    assert "| 0.01 | joint [1500 steps] - none | +3.33 ± 0.29 | +3.50, +3.00, +3.50 | target met |" in lines
+    assert "| 0.01 | joint [1500 steps] - joint | +1.00 ± 0.00 | +1.00, +1.00, +1.00 | an effect (beyond 2 sd) |" in lines
+    # A plain variant is compared with plain SimCLR only, and never called against the joint target.
+    assert "| 0.01 | none [1500 steps] - none | +1.00 ± 0.00 | +1.00, +1.00, +1.00 | an effect (beyond 2 sd) |" in lines
+    assert not any("none [1500 steps] - none [1500 steps]" in line for line in lines)
+    # Without the twin, a variant meets `none` and its own mode only.
+    knobs = ROWS + [row("joint", s, 84.0, variant="knobs") for s in range(3)]
+    assert [line.split(" | ")[1] for line in quality.paired(knobs, "few") if "[knobs]" in line] == [
+        "joint [knobs] - none", "joint [knobs] - joint"]
