@@ -53,3 +53,55 @@ def test_compile_without_a_working_compiler_fails_with_one_line(tmp_path, tiny_r
     assert "\n" not in message
     assert message.startswith("train.compile: torch.compile does not work on this machine")
     assert "No working C++ compiler found" in message and "train.compile=false" in message
+
+
+X86_NO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n"
+X86_AMX = "processor\t: 0\nflags\t\t: fpu avx512f amx_tile amx_bf16\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+ARM_NO_BF16 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from synthcl.training.build import native_bf16_cpu
+
+    assert native_bf16_cpu(X86_NO_BF16) is False
+    assert native_bf16_cpu(X86_BF16) is True
+    assert native_bf16_cpu(X86_AMX) is True
+    assert native_bf16_cpu(ARM_BF16) is True
+    assert native_bf16_cpu(ARM_NO_BF16) is False
+    assert native_bf16_cpu("processor\t: 0\n") is None  # cannot tell: no warning
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_once(monkeypatch, caplog, native):
+    """`train.precision: bf16` on a CPU without bf16 instructions runs, but slower than fp32: the run says
+    so once, with the setting to use instead; a CPU with them (or one it cannot read) is left alone."""
+    from synthcl.training import build
+
+    monkeypatch.setattr(build, "native_bf16_cpu", lambda cpuinfo=None: native)
+    monkeypatch.setattr(build, "_BF16_WARNED", set())
+    with caplog.at_level("WARNING", logger="synthcl.training.build"):
+        accelerator = build.make_accelerator(cpu=True, mixed_precision="bf16")
+        build.make_accelerator(cpu=True, mixed_precision="bf16")
+        build.make_accelerator(cpu=True, mixed_precision="no")
+    assert accelerator.device.type == "cpu"
+    messages = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert messages == (["train.precision: bf16 on a CPU without bf16 instructions (no avx512_bf16/amx_bf16): "
+                         "torch emulates bf16 here, usually slower than fp32; for speed on this machine set "
+                         "train.precision=no"] if native is False else [])
+
+
+def test_the_synthesis_bf16_knobs_are_warned_too(monkeypatch, caplog, tiny_recipe):
+    from synthcl.training import build
+
+    monkeypatch.setattr(build, "native_bf16_cpu", lambda cpuinfo=None: False)
+    monkeypatch.setattr(build, "_BF16_WARNED", set())
+    recipe = tiny_recipe(data={"image_size": 28}, generator={"name": "gan", "options": {"preset": "tiny"}},
+                         synthesis={"mode": "joint", "generator_precision": "bf16"})
+    source = build.load_train_source(recipe)
+    with caplog.at_level("WARNING", logger="synthcl.training.build"):
+        build.build_synthesizer(recipe, source, torch.device("cpu"), total_steps=4)
+    messages = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert len(messages) == 1 and messages[0].startswith("synthesis.generator_precision: bf16 on a CPU without")
+    assert messages[0].endswith("set synthesis.generator_precision=fp32")

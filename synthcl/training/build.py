@@ -38,7 +38,47 @@ def make_accelerator(**kwargs: Any) -> Any:
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if kwargs.get("mixed_precision") == "bf16":
+        warn_if_bf16_emulated(accelerator.device, "train.precision: bf16", "train.precision=no")
+    return accelerator
+
+
+def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU has the bf16 instructions that torch's CPU kernels use (x86: AVX512-BF16 or AMX-BF16;
+    Arm: the BF16 extension); None where it cannot tell (no ``/proc/cpuinfo``, another architecture).
+
+    Without them torch still runs bf16 autocast, converting in software: on the CPUs measured (the speed
+    benchmark's bf16 rows, per CPU) that made an Intel Xeon with AVX-512 but no AVX512-BF16 slower in bf16
+    than in fp32, where an AMD EPYC with AVX512-BF16 ran faster in bf16.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        flags = set(value.split())
+        if key.strip() == "flags":  # x86
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+        if key.strip() == "Features":  # Arm
+            return "bf16" in flags
+    return None
+
+
+_BF16_WARNED: set[str] = set()
+
+
+def warn_if_bf16_emulated(device: torch.device, setting: str, instead: str) -> bool:
+    """Warn (once per setting and process) that ``setting`` asks for bf16 on a CPU that emulates it, and say
+    what to set ``instead``; return whether it warned. Results are unchanged either way: only speed."""
+    if device.type != "cpu" or setting in _BF16_WARNED or native_bf16_cpu() is not False:
+        return False
+    _BF16_WARNED.add(setting)
+    logger.warning("%s on a CPU without bf16 instructions (no avx512_bf16/amx_bf16): torch emulates bf16 here, "
+                   "usually slower than fp32; for speed on this machine set %s", setting, instead)
+    return True
 
 
 @torch.no_grad()
@@ -206,4 +246,7 @@ def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_step
     if not uses_generator(recipe.synthesis.mode):
         return None
     generator = build_generator(recipe, source).to(device)
+    for knob in ("generator_precision", "hard_term_precision"):
+        if getattr(recipe.synthesis, knob) == "bf16":
+            warn_if_bf16_emulated(device, f"synthesis.{knob}: bf16", f"synthesis.{knob}=fp32")
     return Synthesizer(recipe.synthesis, recipe.generator, generator, total_steps)
