@@ -72,7 +72,7 @@ _BF16_WARNED: set[str] = set()
 
 def warn_if_bf16_emulated(device: torch.device, setting: str, instead: str) -> bool:
     """Warn (once per setting and process) that ``setting`` asks for bf16 on a CPU that emulates it, and say
-    what to set ``instead``; return whether it warned. Results are unchanged either way: only speed."""
+    what to set ``instead``; return whether it warned. The run goes on as asked."""
     if device.type != "cpu" or setting in _BF16_WARNED or native_bf16_cpu() is not False:
         return False
     _BF16_WARNED.add(setting)
