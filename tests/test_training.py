@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -156,8 +157,11 @@ def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, t
     recipe = tiny_recipe_file(train={"max_steps": 40, "epochs": 5, "log_every": 1, "checkpoint_every": 1000})
     full = train(recipe, out=tmp_path / "full", quiet=True)
     run = tmp_path / "run"
+    # The child trains with this process's thread count (the same float reductions), whatever
+    # OMP_NUM_THREADS the suite was started with.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "synthcl", "train", str(recipe), "--out", str(run), "-q"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a few steps are logged
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
