@@ -74,6 +74,24 @@ JOINT_NOW = ["synthesis.warmup_steps=0"]
 TARGETS = {"S1": 2.0, "S2 gan": 1.5, "S2 diffusion": 2.5, "S3": 0.5}
 # The project's stretch goals beyond BENCHMARKS.md's targets: reported beside them.
 STRETCH = {"S1": 3.0, "S2 diffusion": 2.0, "S3": 0.8}
+BF16_KNOBS = ("synthesis.generator_precision=bf16", "synthesis.hard_term_precision=bf16")
+
+
+def bf16_timed(choice: str, native: Any = "read") -> bool:
+    """Whether the bf16 rows are timed: ``on``/``off`` as asked; ``auto`` where this CPU runs bf16 natively.
+
+    Without AVX512-BF16/AMX-BF16 (or Arm's BF16) torch emulates bf16 in software, an order of magnitude
+    slower on some CPUs: timing those rows would take hours and measure the emulation. Then S3 times one
+    bf16 pass against fp32 to show the cost, and S2 runs the scarce recipes in fp32 (``train.precision=no``),
+    as the run's warning tells a user of such a CPU to do.
+    """
+    if choice != "auto":
+        return choice == "on"
+    if native == "read":  # this CPU's flags; None where they cannot be read (then bf16 is timed)
+        from synthcl.training.build import native_bf16_cpu
+
+        native = native_bf16_cpu()
+    return native is not False
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -138,17 +156,19 @@ def section_s1(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     import lightly
 
     # fp32 (the target's comparison) and bf16 autocast on both sides, each against lightly at its precision.
-    cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step,
-             "synthcl bf16": SynthclStep(r, data, autocast=torch.bfloat16),
-             "lightly bf16": LightlyStep(r, data, autocast=torch.bfloat16)}
+    cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step}
+    pairs = [("synthcl", "lightly"), ("lightly", "lightly")]
+    if getattr(args, "time_bf16", True):
+        cases.update({"synthcl bf16": SynthclStep(r, data, autocast=torch.bfloat16),
+                      "lightly bf16": LightlyStep(r, data, autocast=torch.bfloat16)})
+        pairs += [("synthcl bf16", "lightly bf16"), ("lightly bf16", "lightly bf16")]
     timed = interleave(cases, args.rounds, args.warmup, args.steps, log)
     sec = timed["seconds_per_step"]
     batch = r.train.batch_size
-    rows = [throughput_row(name, sec[name], batch, sec[reference])
-            for name, reference in (("synthcl", "lightly"), ("lightly", "lightly"),
-                                    ("synthcl bf16", "lightly bf16"), ("lightly bf16", "lightly bf16"))]
-    return {"rows": rows, "raw": timed, "batch": batch, "lightly_version": lightly.__version__,
-            "ratio": rows[0]["speedup"], "ratio_bf16": rows[2]["speedup"], "target": TARGETS["S1"]}
+    rows = [throughput_row(name, sec[name], batch, sec[reference]) for name, reference in pairs]
+    out = {"rows": rows, "raw": timed, "batch": batch, "lightly_version": lightly.__version__,
+           "ratio": rows[0]["speedup"], "target": TARGETS["S1"]}
+    return {**out, "ratio_bf16": rows[2]["speedup"]} if len(rows) > 2 else out
 
 
 def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
@@ -183,7 +203,9 @@ def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
         f"Target synthcl >= {res['target']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
         f">= {STRETCH['S1']:.1f}x: {'met' if res['ratio'] >= STRETCH['S1'] else 'not met'}; in bf16 "
         f"{res['ratio_bf16']:.2f}x." if "ratio_bf16" in res else
-        f"Target synthcl >= {res['target']:.1f}x lightly: **{verdict}** ({res['ratio']:.2f}x).",
+        f"Target synthcl >= {res['target']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
+        f">= {STRETCH['S1']:.1f}x: {'met' if res['ratio'] >= STRETCH['S1'] else 'not met'}; bf16 not timed "
+        "(this CPU emulates it: S3).",
         "",
     ]
     return out
@@ -213,6 +235,7 @@ def diffusion_recipe_args(options: dict | None = None) -> tuple[str, list[str], 
 def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     # A multiple of 4, so every cadence runs whole cycles (not in --quick, which only checks the code).
     steps = args.steps if args.quick else max(4, -(-args.steps // 4) * 4)
+    native = getattr(args, "time_bf16", True)
     notes = []
     limits = {}
     cases: dict[str, SynthclStep] = {"none": SynthclStep(recipe(QUICKSTART), data)}
@@ -228,8 +251,9 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         cases["joint gan, critic_every=2"] = SynthclStep(recipe(JOINT, [*JOINT_NOW, "synthesis.critic_every=2"]), data)
         cases["joint gan, pair_views=1, generator_every=4"] = SynthclStep(
             recipe(JOINT, [*JOINT_NOW, "synthesis.pair_views=1", "synthesis.generator_every=4"]), data)
-        # The quality benchmark's recipes (width 32, bf16 learner), each against its own plain step.
-        for name, recipe_name, overrides in (
+        # The quality benchmark's recipes (width 32, bf16 learner), each against its own plain step; in fp32
+        # where this CPU emulates bf16 (the bf16 knobs' rows left out).
+        scarce_cases = (
                 ("none, scarce", SCARCE, []), ("joint gan, scarce", SCARCE_JOINT, JOINT_NOW),
                 # the hard term's pass through the frozen learner at the learner's bf16, not fp32
                 ("joint gan, scarce, hard term bf16", SCARCE_JOINT, [*JOINT_NOW, "synthesis.hard_term_precision=bf16"]),
@@ -241,7 +265,12 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
                   "synthesis.generator_precision=bf16"]),
                 # and the critic on every second generator update, the hard term in bf16: every speed knob
                 ("joint gan, scarce, every speed knob", SCARCE_JOINT,
-                 [*JOINT_NOW, *SPEED_KNOBS])):
+                 [*JOINT_NOW, *SPEED_KNOBS]))
+        if not native:
+            scarce_cases = tuple((name.replace("every speed knob", "every speed knob but bf16"), recipe_name,
+                                  [*(o for o in overrides if o not in BF16_KNOBS), "train.precision=no"])
+                                 for name, recipe_name, overrides in scarce_cases if "bf16" not in name)
+        for name, recipe_name, overrides in scarce_cases:
             r = recipe(recipe_name, overrides)
             cases[name] = SynthclStep(r, data, autocast=torch.bfloat16 if r.train.precision == "bf16" else None)
             references[name] = "none, scarce"
@@ -274,6 +303,9 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
                      "target": target, "rounds": len(sec[name]), "reference": reference})
     loop_check = real_loop_check(args, steps, log)
+    if not native:
+        notes.append("the scarce rows run in fp32 (`train.precision=no`; generator and hard term fp32, the bf16 "
+                     "knobs' rows left out): this CPU emulates bf16 (S3)")
     return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check}
 
 
@@ -391,13 +423,36 @@ def section_s3(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     # The same measure for the scarce regime's wider encoder, and both in bf16 against a bf16 matmul.
     scarce = SynthclStep(recipe(SCARCE), data)
     encoders = [{"encoder": "quickstart (small-cnn width 16)", **main}]
-    for name, other, autocast in (("quickstart (small-cnn width 16)", step, torch.bfloat16),
-                                  (f"{SCARCE} (small-cnn width 32)", scarce, None),
-                                  (f"{SCARCE} (small-cnn width 32)", scarce, torch.bfloat16)):
+    native = getattr(args, "time_bf16", True)
+    cases = [(f"{SCARCE} (small-cnn width 32)", scarce, None)]
+    if native:
+        cases = [("quickstart (small-cnn width 16)", step, torch.bfloat16), *cases,
+                 (f"{SCARCE} (small-cnn width 32)", scarce, torch.bfloat16)]
+    for name, other, autocast in cases:
         encoders.append({"encoder": name, **limit_fraction(other, autocast, repeats, args.warmup, n)})
         log(f"  {name} {encoders[-1]['precision']}: {100 * encoders[-1]['fraction']:.0f}% of the matmul rate")
-    return {**main, "matmul_n": n, "repeats": repeats, "views": 2 * r.train.batch_size, "target": TARGETS["S3"],
-            "encoders": encoders, "breakdown": step_breakdown(step, repeats)}
+    out = {**main, "matmul_n": n, "repeats": repeats, "views": 2 * r.train.batch_size, "target": TARGETS["S3"],
+           "encoders": encoders}
+    if not native:
+        out["emulated_bf16"] = emulation_cost(scarce, warmup=1, repeats=2)
+        e = out["emulated_bf16"]
+        log(f"  {SCARCE} pass: bf16 (emulated) {1e3 * e['bf16_s']:.0f} ms vs fp32 {1e3 * e['fp32_s']:.0f} ms")
+    return {**out, "breakdown": step_breakdown(step, repeats)}
+
+
+def emulation_cost(step: SynthclStep, warmup: int, repeats: int) -> dict:
+    """One learner forward+backward under bf16 autocast against the same pass in fp32, interleaved, on a
+    CPU that emulates bf16: what the bf16 recipes cost there (no bf16 matmul: it alone would take minutes)."""
+    passes = {"fp32": learner_pass(step, None)[0], "bf16": learner_pass(step, torch.bfloat16)[0]}
+    times: dict[str, list[float]] = {k: [] for k in passes}
+    for index in range(warmup + repeats):
+        for name, fwd_bwd in passes.items():
+            start = time.perf_counter()
+            fwd_bwd()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {"fp32_s": med(times["fp32"]), "bf16_s": med(times["bf16"]), "repeats": repeats,
+            "slowdown": med(times["bf16"]) / med(times["fp32"])}
 
 
 # Self CPU time of each aten op, summed by what it is: (kind, substrings of the op name, exact op names).
@@ -495,6 +550,13 @@ def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]
                            [[e["encoder"], e["precision"], fmt(e["flops"] / 1e9, 2), fmt(1e3 * med(e["seconds"]), 1),
                              fmt(e["achieved"] / 1e9, 1), fmt(e["peak"] / 1e9, 1), f"{100 * e['fraction']:.0f}%",
                              "met" if e["fraction"] >= STRETCH["S3"] else "not met"] for e in res["encoders"]])]
+    e = res.get("emulated_bf16")
+    if e:
+        out += ["", (f"**bf16 is emulated on this CPU** (no AVX512-BF16, AMX-BF16 or Arm BF16 in its flags), so no "
+                     f"bf16 row is timed (`--bf16 on` times them): one `{SCARCE}` forward+backward under bf16 "
+                     f"autocast took {fmt(1e3 * e['bf16_s'])} ms against {fmt(1e3 * e['fp32_s'])} ms in fp32 "
+                     f"(median of {e['repeats']}, interleaved): **{e['slowdown']:.1f}x slower**. On this CPU the "
+                     "bf16 recipes (`train.precision: bf16`) train faster with `train.precision=no`.")]
     b = res.get("breakdown")
     if b:
         total = sum(b["phase_ms"].values())
@@ -873,8 +935,9 @@ def section_h(args: argparse.Namespace, data: Data, log: Callable) -> dict:
             "device-resident uint8 + batched ViewAugment", f"DataLoader ({LOADER_WORKERS} workers) of per-sample torchvision v2")
     compare("channels_last", SynthclStep(r, data, channels_last=True), SynthclStep(r, data, channels_last=False),
             "channels_last", "contiguous (NCHW)")
-    compare("bf16 autocast", SynthclStep(r, data, autocast=torch.bfloat16), SynthclStep(r, data),
-            "bf16 autocast", "fp32")
+    if getattr(args, "time_bf16", True):  # emulated bf16 is S3's single measured pass
+        compare("bf16 autocast", SynthclStep(r, data, autocast=torch.bfloat16), SynthclStep(r, data),
+                "bf16 autocast", "fp32")
     compile_note = ""
     if args.quick:
         compile_note = "skipped in --quick (compiling the learner takes about a minute on 2 cores)"
@@ -944,6 +1007,9 @@ def main() -> None:
     parser.add_argument("--generators", nargs="+", choices=("gan", "diffusion"), default=["gan", "diffusion"])
     parser.add_argument("--diffusion-steps-option", default=None, help="S5: the diffusion option for sampling steps")
     parser.add_argument("--diffusion-k-option", default=None, help="S5: the diffusion option for the truncation K")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="time the bf16 rows: auto (default) where the CPU has bf16 instructions; elsewhere torch "
+                        "emulates bf16, and S3 times one bf16 pass to show the cost")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/speed-memory.md for --only S5, results/speed.md otherwise")
     args = parser.parse_args()
@@ -953,6 +1019,7 @@ def main() -> None:
     if args.quick:
         args.diffusion_rounds = 1
     args.batch_sizes = args.batch_sizes or ([64, 256] if args.quick else [64, 128, 256, 512])
+    args.time_bf16 = bf16_timed(args.bf16)
 
     started = time.perf_counter()
 
@@ -990,6 +1057,7 @@ def main() -> None:
             "rounds; ratios are medians of per-round ratios."]),
         (f"- Data: Fashion-MNIST training set ({len(data.source)} images, 1x28x28), recipe `quickstart` sizes "
         "(small-cnn width 16, batch 256, SGD lr 0.3 momentum 0.9 wd 5e-4)."),
+        f"- bf16 rows: {'timed' if args.time_bf16 else 'not timed (this CPU emulates bf16; see S3)'} (`--bf16 {args.bf16}`).",
         "- Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
         + f"; total {time.perf_counter() - started:.0f} s.",
     ]

@@ -85,3 +85,53 @@ def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeyp
             every.hard_term_precision) == (2, "bf16", 1, 4, "bf16")
     assert built["joint gan, scarce, hard term bf16"].r.synthesis.hard_term_precision == "bf16"
     assert built["joint gan, scarce"].r.synthesis.hard_term_precision == "fp32"
+
+
+@pytest.mark.parametrize("choice, native, timed", [("auto", True, True), ("auto", False, False), ("auto", None, True),
+                                                   ("on", False, True), ("off", True, False)])
+def test_bf16_rows_are_timed_where_the_cpu_runs_bf16_natively(speed, choice, native, timed):
+    assert speed.bf16_timed(choice, native=native) is timed
+
+
+def test_s2_on_a_cpu_that_emulates_bf16_runs_the_scarce_rows_in_fp32(speed, monkeypatch):
+    """Emulated bf16 would time the emulation: the scarce rows train in fp32 (train.precision=no, no autocast),
+    the bf16 knobs' rows are left out and the report says so."""
+    built = {}
+
+    class FakeStep:
+        def __init__(self, r, data, autocast=None, **kwargs):
+            self.r, self.autocast = r, autocast
+
+    def fake_interleave(cases, rounds, warmup, steps, log, limits=None):
+        built.update(cases)
+        sec = {name: [1.0] * rounds for name in cases}
+        return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases}}
+
+    monkeypatch.setattr(speed, "SynthclStep", FakeStep)
+    monkeypatch.setattr(speed, "interleave", fake_interleave)
+    monkeypatch.setattr(speed, "real_loop_check", lambda *a: None)
+    args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1,
+                              time_bf16=False)
+    res = speed.section_s2(args, data=None, log=lambda m: None)
+    scarce = {name: step for name, step in built.items() if "scarce" in name}
+    assert set(scarce) == {"none, scarce", "joint gan, scarce", "joint gan, scarce, pair_views=1, generator_every=4",
+                           "joint gan, scarce, every speed knob but bf16"}
+    for step in scarce.values():
+        assert step.r.train.precision == "no" and step.autocast is None
+        assert step.r.synthesis.generator_precision == step.r.synthesis.hard_term_precision == "fp32"
+    every = scarce["joint gan, scarce, every speed knob but bf16"].r.synthesis
+    assert (every.pair_views, every.generator_every, every.critic_every) == (1, 4, 2)
+    assert any("emulates bf16" in note for note in res["notes"])
+    assert all(row["reference"] == "none, scarce" for row in res["rows"] if "scarce" in row["name"])
+
+
+def test_emulated_bf16_is_measured_as_one_pass_against_fp32_and_reported(speed, small_step, one_thread):
+    cost = speed.emulation_cost(small_step, warmup=1, repeats=2)
+    assert cost["fp32_s"] > 0 and cost["bf16_s"] > 0 and cost["slowdown"] == pytest.approx(cost["bf16_s"] / cost["fp32_s"])
+    res = {"flops": 2e9, "seconds": [0.01], "achieved": 1e11, "peak": 2e11, "fraction": 0.5, "by_op": {"conv": 2e9},
+           "matmul_n": 64, "repeats": 1, "views": 32, "target": 0.5,
+           "emulated_bf16": {"fp32_s": 0.5, "bf16_s": 5.0, "repeats": 2, "slowdown": 10.0}}
+    text = "\n".join(speed.report_s3(res, argparse.Namespace(), None))
+    assert "bf16 is emulated on this CPU" in text and "10.0x slower" in text and "train.precision=no" in text
+    assert "bf16 is emulated" not in "\n".join(speed.report_s3({k: v for k, v in res.items() if k != "emulated_bf16"},
+                                                                argparse.Namespace(), None))
