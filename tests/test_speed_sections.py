@@ -113,6 +113,7 @@ def test_s2_on_a_cpu_that_emulates_bf16_runs_the_scarce_rows_in_fp32(speed, monk
     args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1,
                               time_bf16=False)
     res = speed.section_s2(args, data=None, log=lambda m: None)
+    assert not any("bf16" in name for name in built if "but bf16" not in name)
     scarce = {name: step for name, step in built.items() if "scarce" in name}
     assert set(scarce) == {"none, scarce", "joint gan, scarce", "joint gan, scarce, pair_views=1, generator_every=4",
                            "joint gan, scarce, every speed knob but bf16"}
@@ -122,6 +123,7 @@ def test_s2_on_a_cpu_that_emulates_bf16_runs_the_scarce_rows_in_fp32(speed, monk
     every = scarce["joint gan, scarce, every speed knob but bf16"].r.synthesis
     assert (every.pair_views, every.generator_every, every.critic_every) == (1, 4, 2)
     assert any("emulates bf16" in note for note in res["notes"])
+    assert res["steps"] == 8  # whole cycles of critic_every=2 at generator_every=4
     assert all(row["reference"] == "none, scarce" for row in res["rows"] if "scarce" in row["name"])
 
 
