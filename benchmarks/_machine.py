@@ -1,4 +1,5 @@
-"""What a benchmark ran on: date, CPU, cores, GPU, library versions (one line each)."""
+"""What a benchmark ran on: date, CPU (cores, threads, whether it has bf16 instructions), GPU, library versions
+(one line each)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def describe() -> dict[str, str]:
                     break
     except OSError:
         pass
+    from synthcl.training.build import native_bf16_cpu
+
+    native = native_bf16_cpu()
+    bf16 = "native bf16" if native else "bf16 emulated" if native is False else "bf16 support unknown"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
         load = f"{os.getloadavg()[0]:.2f}"
@@ -26,7 +31,7 @@ def describe() -> dict[str, str]:
         load = "n/a"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "cpu": f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {bf16}",
         "gpu": gpu,
         "software": f"torch {torch.__version__}, Python {platform.python_version()}",
         "load average (1 min, at start)": load,

@@ -73,6 +73,17 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert native_bf16_cpu("processor\t: 0\n") is None  # cannot tell: no warning
 
 
+@pytest.mark.parametrize("native, said", [(False, "bf16 emulated"), (True, "native bf16"),
+                                          (None, "bf16 support unknown")])
+def test_every_benchmark_names_the_cpus_bf16_support(benchmark_script, monkeypatch, native, said):
+    """A result's machine line says whether its CPU has bf16 instructions: the bf16 rows' speed, and the time a
+    bf16 recipe takes, depend on it by an order of magnitude."""
+    from synthcl.training import build
+
+    monkeypatch.setattr(build, "native_bf16_cpu", lambda cpuinfo=None: native)
+    assert benchmark_script("_machine").describe()["cpu"].endswith(f"torch threads, {said}")
+
+
 @pytest.mark.parametrize("native", [False, True, None])
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_once(monkeypatch, caplog, native):
     """`train.precision: bf16` on a CPU without bf16 instructions runs, but slower than fp32: the run says

@@ -50,7 +50,8 @@ def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
 
     Without them torch still runs bf16 autocast, converting in software: on the CPUs measured (the speed
     benchmark's bf16 rows, per CPU) that made an Intel Xeon with AVX-512 but no AVX512-BF16 slower in bf16
-    than in fp32, where an AMD EPYC with AVX512-BF16 ran faster in bf16.
+    than in fp32, and an AMD EPYC with AVX2 only about ten times slower, where an AMD EPYC with AVX512-BF16
+    ran faster in bf16.
     """
     if cpuinfo is None:
         try:
