@@ -48,9 +48,10 @@ def test_s3_report_has_a_row_per_encoder_with_its_stretch_verdict(speed):
     assert "bfloat16" in rows[1] and "85%" in rows[1] and rows[1].endswith("| met |")
 
 
-def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeypatch):
-    """The quality regime's rows are built from its recipes with the learner under bf16 autocast (their
-    train.precision) and each is divided by `none, scarce`, not by the quickstart's plain step."""
+@pytest.fixture
+def s2_built(speed, monkeypatch):
+    """S2 with its steps and timing faked: ``run(time_bf16)`` returns (the cases it built, its result); the
+    quickstart plain step takes 1 s, the scarce one 2 s, every other case 3 s."""
     built = {}
 
     class FakeStep:
@@ -59,15 +60,26 @@ def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, monkeyp
 
     def fake_interleave(cases, rounds, warmup, steps, log, limits=None):
         built.update(cases)
-        # quickstart none 1 s/step, the scarce plain step 2 s, every other case 3 s
         sec = {name: [1.0 if name == "none" else 2.0 if name == "none, scarce" else 3.0] * rounds for name in cases}
         return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases}}
 
     monkeypatch.setattr(speed, "SynthclStep", FakeStep)
     monkeypatch.setattr(speed, "interleave", fake_interleave)
     monkeypatch.setattr(speed, "real_loop_check", lambda *a: None)
-    args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1)
-    rows = {r["name"]: r for r in speed.section_s2(args, data=None, log=lambda m: None)["rows"]}
+
+    def run(time_bf16: bool) -> tuple[dict, dict]:
+        args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1,
+                                  time_bf16=time_bf16)
+        return built, speed.section_s2(args, data=None, log=lambda m: None)
+
+    return run
+
+
+def test_s2_compares_the_scarce_recipes_with_their_own_plain_step(speed, s2_built):
+    """The quality regime's rows are built from its recipes with the learner under bf16 autocast (their
+    train.precision) and each is divided by `none, scarce`, not by the quickstart's plain step."""
+    built, res = s2_built(time_bf16=True)
+    rows = {r["name"]: r for r in res["rows"]}
     scarce = built["joint gan, scarce"]
     assert scarce.r.name == "fashion-mnist-scarce-joint" and scarce.r.model.width == 32
     assert scarce.autocast is torch.bfloat16 and built["none, scarce"].autocast is torch.bfloat16
@@ -93,26 +105,10 @@ def test_bf16_rows_are_timed_where_the_cpu_runs_bf16_natively(speed, choice, nat
     assert speed.bf16_timed(choice, native=native) is timed
 
 
-def test_s2_on_a_cpu_that_emulates_bf16_runs_the_scarce_rows_in_fp32(speed, monkeypatch):
+def test_s2_on_a_cpu_that_emulates_bf16_runs_the_scarce_rows_in_fp32(s2_built):
     """Emulated bf16 would time the emulation: the scarce rows train in fp32 (train.precision=no, no autocast),
     the bf16 knobs' rows are left out and the report says so."""
-    built = {}
-
-    class FakeStep:
-        def __init__(self, r, data, autocast=None, **kwargs):
-            self.r, self.autocast = r, autocast
-
-    def fake_interleave(cases, rounds, warmup, steps, log, limits=None):
-        built.update(cases)
-        sec = {name: [1.0] * rounds for name in cases}
-        return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases}}
-
-    monkeypatch.setattr(speed, "SynthclStep", FakeStep)
-    monkeypatch.setattr(speed, "interleave", fake_interleave)
-    monkeypatch.setattr(speed, "real_loop_check", lambda *a: None)
-    args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1,
-                              time_bf16=False)
-    res = speed.section_s2(args, data=None, log=lambda m: None)
+    built, res = s2_built(time_bf16=False)
     assert not any("bf16" in name for name in built if "but bf16" not in name)
     scarce = {name: step for name, step in built.items() if "scarce" in name}
     assert set(scarce) == {"none, scarce", "joint gan, scarce", "joint gan, scarce, pair_views=1, generator_every=4",
