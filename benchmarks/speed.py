@@ -99,24 +99,31 @@ def bf16_timed(choice: str, native: Any = "read") -> bool:
 
 
 def interleave(cases: dict[str, Any], rounds: int, warmup: int, steps: int, log: Callable[[str], None],
-               round_limits: dict[str, int] | None = None) -> dict:
+               round_limits: dict[str, int] | None = None, references: dict[str, str] | None = None) -> dict:
     """Round-robin rounds over ``cases`` (A B C A B C ...); seconds per step and phase splits per round.
 
     ``round_limits`` caps the rounds of slow cases (they take part in the first rounds only).
+    ``references`` maps a case to the case it is divided by: that one is timed again just before it in every
+    round (R A R B ...), into ``adjacent[case]``, so that the ratio of a case late in a long round is not
+    skewed by the shared machine's speed drifting since the reference's own turn.
     """
     limits = round_limits or {}
+    refs = {name: ref for name, ref in (references or {}).items() if ref != name}
     per_step: dict[str, list[float]] = {name: [] for name in cases}
     phases: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    adjacent: dict[str, list[float]] = {name: [] for name in refs}
     for index in range(rounds):
         for name, case in cases.items():
             if index >= limits.get(name, rounds):
                 continue
+            if name in refs:
+                adjacent[name].append(cases[refs[name]].round(warmup, steps) / steps)
             per_step[name].append(case.round(warmup, steps) / steps)
             if isinstance(case, SynthclStep):
                 phases[name].append({k: v / steps for k, v in case.phase_seconds().items()})
         log(f"  round {index + 1}/{rounds}: " + ", ".join(
             f"{n} {1e3 * per_step[n][-1]:.0f} ms" for n in cases if len(per_step[n]) == index + 1))
-    return {"seconds_per_step": per_step, "phases": phases}
+    return {"seconds_per_step": per_step, "phases": phases, "adjacent": adjacent}
 
 
 def paired_ratios(a: list[float], b: list[float]) -> list[float]:
@@ -294,13 +301,15 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
                 notes.append(note)
         else:
             notes.append(f"diffusion skipped: {note}")
-    timed = interleave(cases, args.rounds, args.warmup, steps, log, limits)
+    references = {name: references.get(name, "none") for name in cases}
+    timed = interleave(cases, args.rounds, args.warmup, steps, log, limits, references)
     sec = timed["seconds_per_step"]
     rows = []
     for name in cases:
         split = {k: med([p[k] for p in timed["phases"][name]]) for k in timed["phases"][name][0]}
-        reference = references.get(name, "none")
-        ratio = med(paired_ratios(sec[name], sec[reference]))  # zip pairs a limited case with its own rounds
+        reference = references[name]
+        # each round's case over its plain step timed just before it (the plain rows over themselves: 1.0)
+        ratio = med(paired_ratios(sec[name], timed.get("adjacent", {}).get(name) or sec[reference]))
         target = {"joint diffusion": TARGETS["S2 diffusion"], "joint gan": TARGETS["S2 gan"],
                   "joint gan, scarce": TARGETS["S2 gan"]}.get(name)
         rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
@@ -309,7 +318,8 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     if not native:
         notes.append("the scarce rows run in fp32 (`train.precision=no`; generator and hard term fp32) and the "
                      "bf16 knobs' rows are left out: this CPU emulates bf16 (S3)")
-    return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check}
+    return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check,
+            "adjacent_reference": True}
 
 
 def real_loop_check(args: argparse.Namespace, steps: int, log: Callable) -> dict:
@@ -343,6 +353,9 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
         "`ratio` x 256 = 64 latents, their hard pairs (2 x 2 views each, 256 synthetic views beside the 512 "
         "real ones) and a critic + generator update. Same step code as S1 (the loop's steps 5-10, with the "
         f"recipe's own `Synthesizer`). {res['steps']} timed steps per round"
+        + (", each row's plain step timed again just before it in every round, and each round of the row "
+           "divided by that adjacent one (a shared machine's speed drifts over a round of every row)"
+           if res.get("adjacent_reference") else "")
         + (" (--quick: cadence rows are not meaningful)." if args.quick else
            f" (a multiple of {S2_CYCLE} so every cadence runs whole cycles: the critic of `critic_every=2` with "
            "`generator_every=4` runs once in 8 learner steps).")

@@ -50,24 +50,28 @@ def test_s3_report_has_a_row_per_encoder_with_its_stretch_verdict(speed):
 
 @pytest.fixture
 def s2_built(speed, monkeypatch):
-    """S2 with its steps and timing faked: ``run(time_bf16)`` returns (the cases it built, its result); the
-    quickstart plain step takes 1 s, the scarce one 2 s, every other case 3 s."""
-    built = {}
+    """S2 with its steps and timing faked: ``run(time_bf16, slower)`` returns (the cases it built, its result);
+    the quickstart plain step takes 1 s, the scarce one 2 s, every other case 3 s, and a plain step timed again
+    just before a case takes ``slower`` times its own turn's time."""
+    built, drift = {}, [1.0]
 
     class FakeStep:
         def __init__(self, r, data, autocast=None, **kwargs):
             self.r, self.autocast = r, autocast
 
-    def fake_interleave(cases, rounds, warmup, steps, log, limits=None):
+    def fake_interleave(cases, rounds, warmup, steps, log, limits=None, references=None):
         built.update(cases)
         sec = {name: [1.0 if name == "none" else 2.0 if name == "none, scarce" else 3.0] * rounds for name in cases}
-        return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases}}
+        adjacent = {name: [drift[0] * t for t in sec[ref]] for name, ref in references.items() if ref != name}
+        return {"seconds_per_step": sec, "phases": {name: [{"learner": s} for s in sec[name]] for name in cases},
+                "adjacent": adjacent}
 
     monkeypatch.setattr(speed, "SynthclStep", FakeStep)
     monkeypatch.setattr(speed, "interleave", fake_interleave)
     monkeypatch.setattr(speed, "real_loop_check", lambda *a: None)
 
-    def run(time_bf16: bool) -> tuple[dict, dict]:
+    def run(time_bf16: bool, slower: float = 1.0) -> tuple[dict, dict]:
+        drift[0] = slower
         args = argparse.Namespace(quick=False, steps=4, rounds=2, warmup=1, generators=["gan"], diffusion_rounds=1,
                                   time_bf16=time_bf16)
         return built, speed.section_s2(args, data=None, log=lambda m: None)
@@ -133,3 +137,32 @@ def test_emulated_bf16_is_measured_as_one_pass_against_fp32_and_reported(speed, 
     assert "bf16 is emulated on this CPU" in text and "10.0x slower" in text and "train.precision=no" in text
     assert "bf16 is emulated" not in "\n".join(speed.report_s3({k: v for k, v in res.items() if k != "emulated_bf16"},
                                                                 argparse.Namespace(), None))
+
+
+def test_interleave_times_each_reference_just_before_its_case(speed):
+    """R A R B: a case's ratio is taken against its plain step timed seconds before it, not at the round's
+    start (the shared machine's speed drifts over a long round)."""
+    order = []
+
+    class Case:
+        def __init__(self, name):
+            self.name = name
+
+        def round(self, warmup, steps):
+            order.append(self.name)
+            return float(len(order)) * steps  # the machine slows as the round goes on
+
+    cases = {name: Case(name) for name in ("none", "a", "b")}
+    res = speed.interleave(cases, rounds=2, warmup=0, steps=2, log=lambda m: None,
+                           references={"none": "none", "a": "none", "b": "none"})
+    assert order == ["none", "none", "a", "none", "b"] * 2
+    assert res["seconds_per_step"]["none"] == [1.0, 6.0] and res["seconds_per_step"]["b"] == [5.0, 10.0]
+    assert res["adjacent"] == {"a": [2.0, 7.0], "b": [4.0, 9.0]}
+
+
+def test_s2_divides_each_row_by_its_adjacent_plain_step(s2_built):
+    _, res = s2_built(time_bf16=True, slower=2.0)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["joint gan, scarce"]["ratio"] == pytest.approx(3.0 / (2.0 * 2.0))
+    assert rows["joint gan"]["ratio"] == pytest.approx(3.0 / 2.0)
+    assert rows["none"]["ratio"] == rows["none, scarce"]["ratio"] == 1.0
