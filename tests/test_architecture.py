@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,15 @@ def test_core_never_imports_diffusers_at_module_level():
         names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
         assert not any(n.split(".")[0] == "diffusers" for n in names), path
+
+
+def test_a_small_cnn_run_never_imports_torchvision():
+    """torchvision's import pulls in torch._dynamo (its ops): ~0.5 s more per command where only a ResNet needs it."""
+    code = ("import sys, synthcl, synthcl.cli, synthcl.training, synthcl.eval, synthcl.data\n"
+            "from synthcl.nn.backbones import build_backbone\n"
+            "build_backbone('small-cnn', 1)\n"
+            "sys.exit(int(any(m.split('.')[0] == 'torchvision' for m in sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_the_architecture_page_lists_the_same_layers():

@@ -47,6 +47,7 @@ SETUP: dict[str, list[str]] = {
     "tutorials/efficiency/scarce-eval.sh": ["tutorials/efficiency/scarce.sh"],
     "tutorials/diffusion/joint.sh": ["tutorials/diffusion/pretrain.sh"],
 }
+SETUP_OF_OTHERS = {before for befores in SETUP.values() for before in befores}
 # Snippets that need the diffusion backend.
 DIFFUSION = {"tutorials/diffusion/pretrain.sh", "tutorials/diffusion/joint.sh"}
 # Snippets that need evaluation protocols: snippet -> the values `synthcl eval --protocol` must accept.
@@ -263,15 +264,38 @@ def _run(name: str, folder: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> dict[str, Path]:
+    """Snippets that another one needs first (``SETUP``) -> a copy of their folder right after they ran.
+
+    Each runs once per session, as its own test or as the first dependent's setup, whichever comes first; the
+    others start from a copy of that folder (every snippet is a few fresh processes: about 5 s each here).
+    """
+    return {}
+
+
+def _run_setup(name: str, folder: Path, env: dict[str, str], finished: dict[str, Path], factory) -> None:
+    """Run the setup snippet ``name`` in ``folder``, or copy its folder from the run that already did."""
+    if name in finished:
+        shutil.copytree(finished[name], folder, dirs_exist_ok=True)
+        return
+    _run(name, folder, env)
+    finished[name] = factory.mktemp("setup")
+    shutil.copytree(folder, finished[name], dirs_exist_ok=True)
+
+
 @pytest.mark.parametrize("name", [rel(p) for p in snippet_files() if p.suffix in RUNNABLE])
-def test_snippet_runs(name, tmp_path, smoke_env):
+def test_snippet_runs(name, tmp_path, smoke_env, finished, tmp_path_factory):
     reason = _skip_reason(name)
     if reason:
         pytest.skip(reason)
     _prepare(tmp_path)
     for before in SETUP.get(name, []):
-        _run(before, tmp_path, smoke_env)
-    _run(name, tmp_path, smoke_env)
+        _run_setup(before, tmp_path, smoke_env, finished, tmp_path_factory)
+    if name in SETUP_OF_OTHERS:
+        _run_setup(name, tmp_path, smoke_env, finished, tmp_path_factory)  # ran already if a dependent came first
+    else:
+        _run(name, tmp_path, smoke_env)
 
 
 def test_entry_point_snippets_name_the_registries_and_resolve():

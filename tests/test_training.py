@@ -237,3 +237,38 @@ def test_resume_restores_the_fp16_loss_scale(tmp_path, tiny_recipe, monkeypatch)
     a, b = _weights(full), _weights(part)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize(("world", "threads", "refused"), [
+    ("2", "", "OMP_NUM_THREADS=''"),
+    ("2", "four", "OMP_NUM_THREADS='four'"),
+    ("two", None, "WORLD_SIZE='two'"),
+    ("2", "1", None),
+    ("1", "", None),  # one process: OpenMP alone reads it, and ignores what it cannot read
+])
+def test_a_launch_whose_thread_count_accelerate_cannot_read_is_refused_in_one_line(monkeypatch, world, threads,
+                                                                                     refused):
+    from synthcl.errors import SynthclError
+    from synthcl.training.build import check_launch_environment
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    if threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    if refused is None:
+        check_launch_environment()
+        return
+    with pytest.raises(SynthclError, match=refused) as err:
+        check_launch_environment()
+    assert "\n" not in str(err.value)
+
+
+def test_training_checks_the_launch_environment_before_building_the_accelerator(tmp_path, tiny_recipe, monkeypatch):
+    """Without the check, accelerate's own int('') ends every process of the launch with a bare ValueError."""
+    from synthcl.errors import SynthclError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    with pytest.raises(SynthclError, match="OMP_NUM_THREADS"):
+        train(tiny_recipe(), out=tmp_path / "run", quiet=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from synthcl.registry import BACKBONES
@@ -76,6 +75,10 @@ class ResNet(nn.Module):
         super().__init__()
         if norm not in ("batch", "group"):
             raise ValueError(f"ResNet supports norm 'batch' or 'group', not '{norm}'")
+        # Imported here, not at the top: importing torchvision imports torch._dynamo (its ops), which took longer
+        # than importing torch itself on the 2-core CPUs measured, and the CPU recipes' small-cnn never needs it.
+        import torchvision.models
+
         norm_layer = nn.BatchNorm2d if norm == "batch" else partial(_group_norm)
         factory = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
         net = factory(weights=None, norm_layer=norm_layer)

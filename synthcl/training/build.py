@@ -15,7 +15,7 @@ import torch
 from synthcl.augment import ViewAugment
 from synthcl.config import AugmentConfig, Recipe, uses_generator
 from synthcl.data import ImageSource, load_dataset, take_fraction
-from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, SynthclError
 from synthcl.interfaces import ContrastiveLearner, Generator
 from synthcl.nn.backbones import build_backbone
 from synthcl.registry import GENERATORS, LEARNERS
@@ -36,12 +36,31 @@ def make_accelerator(**kwargs: Any) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    check_launch_environment()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(**kwargs)
     if kwargs.get("mixed_precision") == "bf16":
         warn_if_bf16_emulated(accelerator.device, "train.precision: bf16", "train.precision=no")
     return accelerator
+
+
+def check_launch_environment() -> None:
+    """Refuse, in one line, a distributed launch whose thread count accelerate cannot read.
+
+    Under a launcher on CPUs, accelerate reads ``OMP_NUM_THREADS`` as an integer; a value such as ``""`` (an
+    ``export OMP_NUM_THREADS=`` left in a job script) otherwise ends the run with a bare ``ValueError`` in every
+    process. In one process the variable is only OpenMP's, which ignores a value it cannot read.
+    """
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if not world.isdigit():
+        raise SynthclError(f"WORLD_SIZE={world!r} is not a whole number (set by the launcher: torchrun or accelerate)")
+    if int(world) <= 1:
+        return
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is not None and not value.strip().isdigit():
+        raise SynthclError(f"OMP_NUM_THREADS={value!r} is not a whole number: unset it, or set the threads per "
+                           "process, e.g. OMP_NUM_THREADS=1")
 
 
 def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
