@@ -309,7 +309,7 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
         split = {k: med([p[k] for p in timed["phases"][name]]) for k in timed["phases"][name][0]}
         reference = references[name]
         # each round's case over its plain step timed just before it (the plain rows over themselves: 1.0)
-        ratio = med(paired_ratios(sec[name], timed.get("adjacent", {}).get(name) or sec[reference]))
+        ratio = med(paired_ratios(sec[name], timed["adjacent"].get(name) or sec[reference]))
         target = {"joint diffusion": TARGETS["S2 diffusion"], "joint gan": TARGETS["S2 gan"],
                   "joint gan, scarce": TARGETS["S2 gan"]}.get(name)
         rows.append({"name": name, "median_ms": 1e3 * med(sec[name]), "ratio": ratio, "split_ms": split,
@@ -318,8 +318,7 @@ def section_s2(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     if not native:
         notes.append("the scarce rows run in fp32 (`train.precision=no`; generator and hard term fp32) and the "
                      "bf16 knobs' rows are left out: this CPU emulates bf16 (S3)")
-    return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check,
-            "adjacent_reference": True}
+    return {"rows": rows, "raw": timed, "steps": steps, "notes": notes, "loop_check": loop_check}
 
 
 def real_loop_check(args: argparse.Namespace, steps: int, log: Callable) -> dict:
@@ -353,9 +352,8 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
         "`ratio` x 256 = 64 latents, their hard pairs (2 x 2 views each, 256 synthetic views beside the 512 "
         "real ones) and a critic + generator update. Same step code as S1 (the loop's steps 5-10, with the "
         f"recipe's own `Synthesizer`). {res['steps']} timed steps per round"
-        + (", each row's plain step timed again just before it in every round, and each round of the row "
-           "divided by that adjacent one (a shared machine's speed drifts over a round of every row)"
-           if res.get("adjacent_reference") else "")
+        + ", each row's plain step timed again just before it in every round, and each round of the row "
+        "divided by that adjacent one (a shared machine's speed drifts over a round of every row)"
         + (" (--quick: cadence rows are not meaningful)." if args.quick else
            f" (a multiple of {S2_CYCLE} so every cadence runs whole cycles: the critic of `critic_every=2` with "
            "`generator_every=4` runs once in 8 learner steps).")
