@@ -1,7 +1,8 @@
 """The documentation site: every code block on it is a file under docs/snippets/ that runs here, tiny.
 
 Pages include their code blocks with pymdownx.snippets (``--8<-- "docs/snippets/..."``), so what a reader
-copies is what these tests execute. Each snippet runs in a fresh temporary folder, in a subprocess, with:
+copies is what these tests execute. Each snippet runs in a fresh temporary folder, in a subprocess (two at a
+time in the background, see ``SnippetRuns``), with:
 
 - ``SYNTHCL_DOCS_SMOKE=1`` and a ``sitecustomize`` module on ``PYTHONPATH`` that wraps
   ``synthcl.training.train`` so that every training run (CLI, Python, under torchrun or accelerate)
@@ -264,38 +265,79 @@ def _run(name: str, folder: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
-@pytest.fixture(scope="session")
-def finished(tmp_path_factory) -> dict[str, Path]:
-    """Snippets that another one needs first (``SETUP``) -> a copy of their folder right after they ran.
+# Snippets that start several processes themselves: they run alone, after the others (see SnippetRuns).
+ALONE = {rel(p) for p in (SNIPPETS / "tutorials" / "distributed").glob("*.sh")}
 
-    Each runs once per session, as its own test or as the first dependent's setup, whichever comes first; the
-    others start from a copy of that folder (every snippet is a few fresh processes: about 5 s each here).
+
+class SnippetRuns:
+    """The selected snippets, run ``workers`` at a time in the background, each in a fresh folder.
+
+    Every snippet is a few fresh one-thread processes (about 5 s each, most of it importing torch), so two
+    cores run two snippets at once in little more than the time of one. A snippet that another needs first
+    (``SETUP``) runs once; its dependents start from a copy of its folder. Setups are queued first, so a
+    dependent never waits on a setup still in the queue behind it. The snippets in ``ALONE`` launch several
+    processes each: their tests wait until the background runs are done, then run them in the test itself.
     """
-    return {}
+
+    def __init__(self, names: list[str], env: dict[str, str], base: Path, workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.env, self.base = env, base
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        pooled = [n for n in names if n not in ALONE]
+        setups = sorted({b for n in pooled for b in SETUP.get(n, [])} | (SETUP_OF_OTHERS & set(pooled)))
+        self.futures = {n: self.pool.submit(self._job, n) for n in setups}
+        self.futures |= {n: self.pool.submit(self._job, n) for n in pooled if n not in self.futures}
+
+    def _job(self, name: str) -> Path:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix=Path(name).stem + "-", dir=self.base))
+        _prepare(folder)
+        for before in SETUP.get(name, []):
+            shutil.copytree(self.futures[before].result(), folder, dirs_exist_ok=True)
+        _run(name, folder, self.env)
+        if name not in SETUP_OF_OTHERS:
+            return folder
+        snapshot = Path(tempfile.mkdtemp(prefix=Path(name).stem + "-done-", dir=self.base))
+        shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # before a dependent writes next to it
+        return snapshot
+
+    def check(self, name: str) -> None:
+        """Wait for ``name``'s background run; its failure is raised here."""
+        self.futures[name].result()
+
+    def drain(self) -> None:
+        for future in self.futures.values():
+            future.exception()  # waits; failures are raised by each snippet's own test
 
 
-def _run_setup(name: str, folder: Path, env: dict[str, str], finished: dict[str, Path], factory) -> None:
-    """Run the setup snippet ``name`` in ``folder``, or copy its folder from the run that already did."""
-    if name in finished:
-        shutil.copytree(finished[name], folder, dirs_exist_ok=True)
-        return
-    _run(name, folder, env)
-    finished[name] = factory.mktemp("setup")
-    shutil.copytree(folder, finished[name], dirs_exist_ok=True)
+@pytest.fixture(scope="session")
+def snippet_runs(request, smoke_env, tmp_path_factory):
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_snippet_runs"]
+    names = [n for n in selected if _skip_reason(n) is None]
+    runs = SnippetRuns(names, smoke_env, tmp_path_factory.mktemp("snippets"), workers=min(2, os.cpu_count() or 1))
+    yield runs
+    runs.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("name", [rel(p) for p in snippet_files() if p.suffix in RUNNABLE])
-def test_snippet_runs(name, tmp_path, smoke_env, finished, tmp_path_factory):
+def test_snippet_runs(name, tmp_path, smoke_env, snippet_runs):
     reason = _skip_reason(name)
     if reason:
         pytest.skip(reason)
+    if name not in ALONE:
+        snippet_runs.check(name)
+        return
+    snippet_runs.drain()
     _prepare(tmp_path)
-    for before in SETUP.get(name, []):
-        _run_setup(before, tmp_path, smoke_env, finished, tmp_path_factory)
-    if name in SETUP_OF_OTHERS:
-        _run_setup(name, tmp_path, smoke_env, finished, tmp_path_factory)  # ran already if a dependent came first
-    else:
-        _run(name, tmp_path, smoke_env)
+    _run(name, tmp_path, smoke_env)
+
+
+def test_snippets_that_launch_processes_need_no_setup():
+    """SnippetRuns runs ALONE snippets outside the pool, in a fresh folder with nothing run before them."""
+    assert not ALONE & SETUP_OF_OTHERS and not any(SETUP.get(n) for n in ALONE)
 
 
 def test_entry_point_snippets_name_the_registries_and_resolve():
