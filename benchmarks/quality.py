@@ -25,6 +25,7 @@ quality.json and quality.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
@@ -41,7 +42,7 @@ from _machine import describe, markdown
 from synthcl.config import load_recipe, read_run_recipe, recipe_to_dict, uses_generator
 from synthcl.errors import RunDirError, RunInUseError
 from synthcl.eval import evaluate_run
-from synthcl.io import read_json
+from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import STATUS_FILE, held_elsewhere, is_run_dir, resumable_checkpoint, training_seconds
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
@@ -149,7 +150,9 @@ def probe(run: Path, init: str = "trained") -> dict[str, float]:
     return {m: result[key] for m, (key, _) in METRICS.items()} | {"few_sd": result["linear_few_sd"]}
 
 
-def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
+def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dict]:
+    """Train (or reuse) every run of the grid; each row trained here is also handed to ``keep`` as soon as it
+    is probed (see :func:`keep_row`)."""
     rows = []
     for fraction in args.fractions:
         for mode in args.modes:
@@ -198,9 +201,50 @@ def run_grid(args: argparse.Namespace, runs: Path) -> list[dict]:
                        "recipe": recipe, "overrides": overrides, "key": key, "trained_on": trained_on,
                        "train_s": minutes_of(out, warm), **probe(out)}
                 done.write_text(json.dumps(row))
+                if keep is not None:
+                    keep(row)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
+
+
+@contextlib.contextmanager
+def locked(store: Path):
+    """Hold ``store``'s lock file (POSIX; elsewhere no lock): the grid's processes merge into one store."""
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "w") as handle:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_store(store: Path) -> dict:
+    return json.loads(store.read_text()) if store.is_file() else {}
+
+
+def merge_rows(store: Path, rows: list[dict], **fields: Any) -> dict:
+    """Merge ``rows`` into the JSON store by resolved-recipe key (a row of the same key is replaced), set
+    ``fields``, and write it whole or not at all; rows of an earlier protocol (no key) are dropped."""
+    with locked(store):
+        data = read_store(store)
+        kept = {r["key"]: r for r in data.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}
+        data = data | fields | {"rows": list(kept.values())}
+        atomic_write_text(store, json.dumps(data, indent=1))
+    return data
+
+
+def keep_row(store: Path, row: dict) -> None:
+    """Put one finished row into the store the moment it is probed, not when the command ends: a process
+    stopped part-way through a grid (the end of a sitting), or a --runs folder lost with its machine, loses
+    no finished row. The next report, --collect included, tabulates it from the store."""
+    merge_rows(store, [row])
 
 
 def floors(runs: Path, rows: list[dict]) -> list[dict]:
@@ -534,9 +578,10 @@ def main() -> None:
     command = "python benchmarks/quality.py " + " ".join(a for a in sys.argv[1:] if a != "--collect")
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
-        rows = run_grid(args, runs)
         store = args.out.with_suffix(".json")
-        previous = json.loads(store.read_text()) if store.is_file() else {}
+        rows = run_grid(args, runs, keep=lambda row: keep_row(store, row))
+        with locked(store):
+            previous = read_store(store)
         # rows of an earlier protocol (no resolved-recipe key) are not this benchmark's: dropped
         merged = {r["key"]: r for r in previous.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}
         all_rows = list(merged.values())
@@ -550,8 +595,8 @@ def main() -> None:
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    store.write_text(json.dumps({"commands": commands, "floors": floor_rows, "warmups": warmups, "setup": setup,
-                                 "rows": all_rows}, indent=1))
+    # Merged again under the lock: rows that other processes of the grid kept meanwhile stay in the store.
+    merge_rows(store, all_rows, commands=commands, floors=floor_rows, warmups=warmups, setup=setup)
     print("\n".join(lines))
 
 

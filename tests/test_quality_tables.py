@@ -317,3 +317,36 @@ def test_a_variant_meets_the_plain_run_trained_with_the_same_change(quality):
     knobs = ROWS + [row("joint", s, 84.0, variant="knobs") for s in range(3)]
     assert [line.split(" | ")[1] for line in quality.paired(knobs, "few") if "[knobs]" in line] == [
         "joint [knobs] - none", "joint [knobs] - joint"]
+
+
+def test_a_finished_row_is_in_the_store_before_the_grid_ends(quality, tmp_path, monkeypatch):
+    """A grid stopped part-way (its process killed, its --runs folder lost) keeps every row it finished."""
+    import argparse
+    import json
+
+    store = tmp_path / "results" / "quality.json"
+    store.parent.mkdir()
+    store.write_text(json.dumps({"commands": ["earlier"], "floors": [{"mode": "pixels"}],
+                                 "rows": [{"key": "old", "few": 1.0}, {"mode": "no key: an earlier protocol"}]}))
+    calls = []
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        calls.append(out.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the sitting ends during the second run
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0, 1], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    with pytest.raises(KeyboardInterrupt):
+        quality.run_grid(args, tmp_path / "runs", keep=lambda r: quality.keep_row(store, r))
+    data = json.loads(store.read_text())
+    assert [(r["key"], r.get("seed")) for r in data["rows"]][0] == ("old", None)
+    assert [r["seed"] for r in data["rows"][1:]] == [0] and data["rows"][1]["few"] == 70.0
+    assert data["commands"] == ["earlier"] and data["floors"] == [{"mode": "pixels"}]  # the rest kept as it was
+    # The same key again replaces its row rather than adding one.
+    quality.keep_row(store, data["rows"][1] | {"few": 75.0})
+    rows = json.loads(store.read_text())["rows"]
+    assert len(rows) == 2 and rows[1]["few"] == 75.0
