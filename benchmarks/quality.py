@@ -229,13 +229,16 @@ def read_store(store: Path) -> dict:
     return json.loads(store.read_text()) if store.is_file() else {}
 
 
-def merge_rows(store: Path, rows: list[dict], **fields: Any) -> dict:
-    """Merge ``rows`` into the JSON store by resolved-recipe key (a row of the same key is replaced), set
-    ``fields``, and write it whole or not at all; rows of an earlier protocol (no key) are dropped."""
+def merge_rows(store: Path, rows: list[dict], command: str | None = None, **fields: Any) -> dict:
+    """Merge ``rows`` into the JSON store by resolved-recipe key (a row of the same key is replaced), add
+    ``command`` to its commands (last), set ``fields``, and write it whole or not at all; return what it
+    holds now. Rows of an earlier protocol (no key) are dropped."""
     with locked(store):
         data = read_store(store)
         kept = {r["key"]: r for r in data.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}
         data = data | fields | {"rows": list(kept.values())}
+        if command is not None:
+            data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]
         atomic_write_text(store, json.dumps(data, indent=1))
     return data
 
@@ -588,15 +591,17 @@ def main() -> None:
         floor_rows = floors(runs, all_rows) or previous.get("floors", [])
         warmups = warmup_fid(all_rows, runs, args.fid) if args.fid else previous.get("warmups", [])
         setup = learner_setup(runs, all_rows) or previous.get("setup", "")
-    commands = [c for c in previous.get("commands", []) if c != command] + [command]
+    # Only this process's rows go in, under the lock: a row that another process of the grid stored while the
+    # floors were probed (a retrained run of the same key, say) is not put back to an older copy; the report
+    # is made from what the store holds then.
+    stored = merge_rows(store, rows, command=command, floors=floor_rows, warmups=warmups, setup=setup)
+    all_rows, commands = stored["rows"], stored["commands"]
     lines = report(all_rows, floor_rows, commands, machine, scarce, warmups, setup)
     if plot(all_rows, {r["mode"]: r for r in floor_rows}, args.out.with_suffix(".png")):
         lines += ["", f"![primary metric and kNN against fraction]({args.out.with_suffix('.png').name})"]
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    # Merged again under the lock: rows that other processes of the grid kept meanwhile stay in the store.
-    merge_rows(store, all_rows, commands=commands, floors=floor_rows, warmups=warmups, setup=setup)
     print("\n".join(lines))
 
 

@@ -297,11 +297,7 @@ class SnippetRuns:
         for before in SETUP.get(name, []):
             shutil.copytree(self.futures[before].result(), folder, dirs_exist_ok=True)
         _run(name, folder, self.env)
-        if name not in SETUP_OF_OTHERS:
-            return folder
-        snapshot = Path(tempfile.mkdtemp(prefix=Path(name).stem + "-done-", dir=self.base))
-        shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # before a dependent writes next to it
-        return snapshot
+        return folder  # a dependent copies it; nothing writes into it again
 
     def check(self, name: str) -> None:
         """Wait for ``name``'s background run; its failure is raised here."""
@@ -335,9 +331,11 @@ def test_snippet_runs(name, tmp_path, smoke_env, snippet_runs):
     _run(name, tmp_path, smoke_env)
 
 
-def test_snippets_that_launch_processes_need_no_setup():
-    """SnippetRuns runs ALONE snippets outside the pool, in a fresh folder with nothing run before them."""
+def test_snippet_runs_can_schedule_every_setup():
+    """SnippetRuns runs ALONE snippets outside the pool, in a fresh folder with nothing run before them, and
+    queues setups first, which holds only while no setup needs a setup of its own."""
     assert not ALONE & SETUP_OF_OTHERS and not any(SETUP.get(n) for n in ALONE)
+    assert not SETUP_OF_OTHERS & SETUP.keys()
 
 
 def test_entry_point_snippets_name_the_registries_and_resolve():

@@ -350,3 +350,33 @@ def test_a_finished_row_is_in_the_store_before_the_grid_ends(quality, tmp_path, 
     quality.keep_row(store, data["rows"][1] | {"few": 75.0})
     rows = json.loads(store.read_text())["rows"]
     assert len(rows) == 2 and rows[1]["few"] == 75.0
+
+
+def test_the_final_report_never_puts_back_an_older_copy_of_a_row(quality, tmp_path, monkeypatch):
+    """Another process of the grid stores a newer row of some key while this one probes the floors: the store
+    keeps the newer row, and this process's report is made from it."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    results = Path(quality.__file__).resolve().parent / "results"
+    store = tmp_path / "quality.json"
+    shutil.copy(results / "quality.json", store)
+    key = json.loads(store.read_text())["rows"][0]["key"]
+    newer = json.loads(store.read_text())["rows"][0] | {"few": 99.5}
+
+    def floors_while_another_process_stores(runs, rows):
+        quality.keep_row(store, newer)
+        return []  # nothing probed here: the stored floors stay
+
+    monkeypatch.setattr(quality, "floors", floors_while_another_process_stores)
+    monkeypatch.setattr(quality, "plot", lambda *a: False)
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--collect", "--runs", str(tmp_path / "runs"), "--fractions",
+                                      "0.005", "--modes", "none", "--seeds", "0", "--out", str(tmp_path / "quality.md")])
+    quality.main()
+    rows = {r["key"]: r for r in json.loads(store.read_text())["rows"]}
+    assert rows[key]["few"] == 99.5
+    same = [r["few"] for r in rows.values() if quality.label(r) == quality.label(newer)
+            and r["fraction"] == newer["fraction"]]
+    assert f"| {sum(same) / len(same):.2f} ± " in (tmp_path / "quality.md").read_text()  # the row's mean, with it

@@ -239,28 +239,32 @@ def test_resume_restores_the_fp16_loss_scale(tmp_path, tiny_recipe, monkeypatch)
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize(("world", "threads", "refused"), [
-    ("2", "", "OMP_NUM_THREADS=''"),
-    ("2", "four", "OMP_NUM_THREADS='four'"),
-    ("two", None, "WORLD_SIZE='two'"),
-    ("2", "1", None),
-    ("1", "", None),  # one process: OpenMP alone reads it, and ignores what it cannot read
+@pytest.mark.parametrize(("world", "threads", "cpu", "cuda", "refused"), [
+    ("2", "", True, False, "OMP_NUM_THREADS=''"),
+    ("2", "four", True, True, "OMP_NUM_THREADS='four'"),  # train.cpu=true: CPU processes even beside a GPU
+    ("2", "", False, False, "OMP_NUM_THREADS=''"),  # no CUDA device: CPU processes whatever train.cpu says
+    ("two", None, True, False, "WORLD_SIZE='two'"),
+    ("2", "1", True, False, None),
+    ("2", " 4 ", True, False, None),  # what int() reads, accelerate reads
+    ("1", "", True, False, None),  # one process: OpenMP alone reads it, and ignores what it cannot read
+    ("2", "", False, True, None),  # GPU processes: accelerate does not read it either
 ])
-def test_a_launch_whose_thread_count_accelerate_cannot_read_is_refused_in_one_line(monkeypatch, world, threads,
-                                                                                     refused):
+def test_a_cpu_launch_whose_thread_count_accelerate_cannot_read_is_refused_in_one_line(monkeypatch, world, threads,
+                                                                                       cpu, cuda, refused):
     from synthcl.errors import SynthclError
     from synthcl.training.build import check_launch_environment
 
     monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     if threads is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
     if refused is None:
-        check_launch_environment()
+        check_launch_environment(cpu)
         return
     with pytest.raises(SynthclError, match=refused) as err:
-        check_launch_environment()
+        check_launch_environment(cpu)
     assert "\n" not in str(err.value)
 
 

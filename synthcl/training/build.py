@@ -36,7 +36,7 @@ def make_accelerator(**kwargs: Any) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    check_launch_environment()
+    check_launch_environment(bool(kwargs.get("cpu")))
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(**kwargs)
@@ -45,22 +45,30 @@ def make_accelerator(**kwargs: Any) -> Any:
     return accelerator
 
 
-def check_launch_environment() -> None:
-    """Refuse, in one line, a distributed launch whose thread count accelerate cannot read.
+def check_launch_environment(cpu: bool) -> None:
+    """Refuse, in one line, a distributed CPU launch whose thread count accelerate cannot read.
 
-    Under a launcher on CPUs, accelerate reads ``OMP_NUM_THREADS`` as an integer; a value such as ``""`` (an
-    ``export OMP_NUM_THREADS=`` left in a job script) otherwise ends the run with a bare ``ValueError`` in every
-    process. In one process the variable is only OpenMP's, which ignores a value it cannot read.
+    Under a launcher on CPUs (``cpu``, or no CUDA device), accelerate reads ``OMP_NUM_THREADS`` as an integer;
+    a value such as ``""`` (an ``export OMP_NUM_THREADS=`` left in a job script) otherwise ends the run with a
+    bare ``ValueError`` in every process. On GPUs, or in one process, the variable is only OpenMP's, which
+    ignores a value it cannot read.
     """
     world = os.environ.get("WORLD_SIZE", "1").strip()
-    if not world.isdigit():
-        raise SynthclError(f"WORLD_SIZE={world!r} is not a whole number (set by the launcher: torchrun or accelerate)")
-    if int(world) <= 1:
+    try:
+        processes = int(world)
+    except ValueError:
+        raise SynthclError(f"WORLD_SIZE={world!r} is not a whole number (set by the launcher: torchrun or "
+                           "accelerate)") from None
+    if processes <= 1 or not (cpu or not torch.cuda.is_available()):
         return
     value = os.environ.get("OMP_NUM_THREADS")
-    if value is not None and not value.strip().isdigit():
+    if value is None:
+        return
+    try:
+        int(value)
+    except ValueError:
         raise SynthclError(f"OMP_NUM_THREADS={value!r} is not a whole number: unset it, or set the threads per "
-                           "process, e.g. OMP_NUM_THREADS=1")
+                           "process, e.g. OMP_NUM_THREADS=1") from None
 
 
 def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
