@@ -150,6 +150,16 @@ def probe(run: Path, init: str = "trained") -> dict[str, float]:
     return {m: result[key] for m, (key, _) in METRICS.items()} | {"few_sd": result["linear_few_sd"]}
 
 
+def read_row(done: Path) -> dict | None:
+    """The row a finished run's marker holds, or None where there is none or it cannot be read (a marker
+    written before the writes were atomic, cut short: the run is probed again)."""
+    try:
+        row = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dict]:
     """Train (or reuse) every run of the grid; each row trained here is also handed to ``keep`` as soon as it
     is probed (see :func:`keep_row`)."""
@@ -167,11 +177,12 @@ def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dic
                 out = folder(runs, {"fraction": fraction, "mode": mode, "generator": gen, "seed": seed, "key": key})
                 done = out / "quality-row.json"
                 warm = warm_folder(recipe, overrides, runs)[1] if uses_generator(mode) else None
-                if done.is_file() and json.loads(done.read_text()).get("key") == key:
+                finished = read_row(done)
+                if finished is not None and finished.get("key") == key:
                     # The same resolved recipe finished earlier (perhaps under another name, e.g. a variant
                     # that became the recipe's default): reused under this command's label.
-                    rows.append(json.loads(done.read_text()) | {"variant": variant, "overrides": overrides,
-                                                                "train_s": minutes_of(out, warm)})
+                    rows.append(finished | {"variant": variant, "overrides": overrides,
+                                            "train_s": minutes_of(out, warm)})
                     print(json.dumps(rows[-1]), flush=True)
                     continue
                 if args.collect:
@@ -200,7 +211,7 @@ def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dic
                 row = {"fraction": fraction, "mode": mode, "generator": gen, "variant": variant, "seed": seed,
                        "recipe": recipe, "overrides": overrides, "key": key, "trained_on": trained_on,
                        "train_s": minutes_of(out, warm), **probe(out)}
-                done.write_text(json.dumps(row))
+                atomic_write_text(done, json.dumps(row))
                 if keep is not None:
                     keep(row)
                 rows.append(row)
@@ -260,11 +271,13 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
     found = []
     for init in ("pixels", "random"):
         cached = run / f"floor-{init}.json"
-        if not cached.is_file():
+        probed = read_row(cached)
+        if probed is None:
             if not run.is_dir():
                 continue
-            cached.write_text(json.dumps(probe(run, init)))
-        found.append({"mode": init, **json.loads(cached.read_text())})
+            probed = probe(run, init)
+            atomic_write_text(cached, json.dumps(probed))
+        found.append({"mode": init, **probed})
     return found
 
 
@@ -601,7 +614,7 @@ def main() -> None:
         lines += ["", f"![primary metric and kNN against fraction]({args.out.with_suffix('.png').name})"]
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -380,3 +380,23 @@ def test_the_final_report_never_puts_back_an_older_copy_of_a_row(quality, tmp_pa
     same = [r["few"] for r in rows.values() if quality.label(r) == quality.label(newer)
             and r["fraction"] == newer["fraction"]]
     assert f"| {sum(same) / len(same):.2f} ± " in (tmp_path / "quality.md").read_text()  # the row's mean, with it
+
+
+def test_a_run_marker_cut_short_is_probed_again_not_a_crash(quality, tmp_path, monkeypatch):
+    """A finished run's quality-row.json left truncated (a process killed mid-write, before the writes were
+    atomic) reads as not finished: the grid goes on and writes a whole one."""
+    import argparse
+    import json
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    [first] = quality.run_grid(args, tmp_path)
+    marker = quality.folder(tmp_path, first) / "quality-row.json"
+    marker.write_text(marker.read_text()[:20])
+    [again] = quality.run_grid(args, tmp_path)
+    assert again["key"] == first["key"] and json.loads(marker.read_text())["few"] == 70.0
