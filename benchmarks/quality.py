@@ -150,14 +150,14 @@ def probe(run: Path, init: str = "trained") -> dict[str, float]:
     return {m: result[key] for m, (key, _) in METRICS.items()} | {"few_sd": result["linear_few_sd"]}
 
 
-def read_row(done: Path) -> dict | None:
-    """The row a finished run's marker holds, or None where there is none or it cannot be read (a marker
-    written before the writes were atomic, cut short: the run is probed again)."""
+def read_cached(path: Path) -> dict | None:
+    """What a run marker or a floor's cache holds, or None where there is none or it cannot be read (one
+    written before the writes were atomic, cut short): then the run is probed again."""
     try:
-        row = json.loads(done.read_text())
+        found = read_json(path)
     except (OSError, ValueError):
         return None
-    return row if isinstance(row, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dict]:
@@ -177,7 +177,7 @@ def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dic
                 out = folder(runs, {"fraction": fraction, "mode": mode, "generator": gen, "seed": seed, "key": key})
                 done = out / "quality-row.json"
                 warm = warm_folder(recipe, overrides, runs)[1] if uses_generator(mode) else None
-                finished = read_row(done)
+                finished = read_cached(done)
                 if finished is not None and finished.get("key") == key:
                     # The same resolved recipe finished earlier (perhaps under another name, e.g. a variant
                     # that became the recipe's default): reused under this command's label.
@@ -271,7 +271,7 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
     found = []
     for init in ("pixels", "random"):
         cached = run / f"floor-{init}.json"
-        probed = read_row(cached)
+        probed = read_cached(cached)
         if probed is None:
             if not run.is_dir():
                 continue
@@ -596,8 +596,7 @@ def main() -> None:
         runs = args.runs or Path(tmp)
         store = args.out.with_suffix(".json")
         rows = run_grid(args, runs, keep=lambda row: keep_row(store, row))
-        with locked(store):
-            previous = read_store(store)
+        previous = read_store(store)  # written whole (atomic replace): read without the lock
         # rows of an earlier protocol (no resolved-recipe key) are not this benchmark's: dropped
         merged = {r["key"]: r for r in previous.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}
         all_rows = list(merged.values())

@@ -36,8 +36,8 @@ def make_accelerator(**kwargs: Any) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    check_launch_environment(bool(kwargs.get("cpu")))
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+    processes = check_launch_environment(bool(kwargs.get("cpu")))
+    if processes == 1 and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(**kwargs)
     if kwargs.get("mixed_precision") == "bf16":
@@ -45,8 +45,9 @@ def make_accelerator(**kwargs: Any) -> Any:
     return accelerator
 
 
-def check_launch_environment(cpu: bool) -> None:
-    """Refuse, in one line, a distributed CPU launch whose thread count accelerate cannot read.
+def check_launch_environment(cpu: bool) -> int:
+    """The launch's number of processes (``WORLD_SIZE``, 1 without a launcher); refuse, in one line, a
+    distributed CPU launch whose thread count accelerate cannot read.
 
     Under a launcher on CPUs (``cpu``, or no CUDA device), accelerate reads ``OMP_NUM_THREADS`` as an integer;
     a value such as ``""`` (an ``export OMP_NUM_THREADS=`` left in a job script) otherwise ends the run with a
@@ -59,16 +60,15 @@ def check_launch_environment(cpu: bool) -> None:
     except ValueError:
         raise SynthclError(f"WORLD_SIZE={world!r} is not a whole number (set by the launcher: torchrun or "
                            "accelerate)") from None
-    if processes <= 1 or not (cpu or not torch.cuda.is_available()):
-        return
     value = os.environ.get("OMP_NUM_THREADS")
-    if value is None:
-        return
-    try:
-        int(value)
-    except ValueError:
-        raise SynthclError(f"OMP_NUM_THREADS={value!r} is not a whole number: unset it, or set the threads per "
-                           "process, e.g. OMP_NUM_THREADS=1") from None
+    on_cpu = cpu or not torch.cuda.is_available()
+    if processes > 1 and on_cpu and value is not None:
+        try:
+            int(value)
+        except ValueError:
+            raise SynthclError(f"OMP_NUM_THREADS={value!r} is not a whole number: unset it, or set the threads "
+                               "per process, e.g. OMP_NUM_THREADS=1") from None
+    return processes
 
 
 def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
