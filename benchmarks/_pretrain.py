@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from synthcl.eval.generator_eval import evaluate_generator
+from synthcl.io import atomic_write_text
 from synthcl.training import train
 
 
@@ -62,6 +63,5 @@ def write_report(out: Path, *, title: str, command: str, machine: str, recipe: s
         images,
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     print("\n".join(lines))

@@ -98,6 +98,8 @@ def _ddp_worker(rank: int, spec: dict, port: int, out: str) -> None:
     import torch.distributed as dist
     from _speed_steps import Data, SynthclStep, recipe
 
+    from synthcl.io import atomic_write_text
+
     world = spec["world"]
     torch.set_num_threads(spec["threads"])
     if world > 1:
@@ -118,7 +120,7 @@ def _ddp_worker(rank: int, spec: dict, port: int, out: str) -> None:
     seconds = time.perf_counter() - start
     # Every rank reports its own peak: the memory of a configuration is the sum over its processes.
     peak = _own_peak_mib()
-    Path(f"{out}.{rank}").write_text(json.dumps({"seconds": seconds, "rss_peak_mib": peak}))
+    atomic_write_text(f"{out}.{rank}", json.dumps({"seconds": seconds, "rss_peak_mib": peak}))
     if world > 1:
         dist.destroy_process_group()
 

@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from synthcl.augment import ViewAugment  # noqa: E402
+from synthcl.io import atomic_write_text  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 N_VIEWS = 2
@@ -184,8 +185,7 @@ def main() -> None:
             "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    atomic_write_text(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -31,6 +31,8 @@ sys.path.insert(0, str(HERE))
 from _machine import describe, markdown
 from _speed_steps import Data, LightlyStep, SynthclStep, learner_pass, recipe, synchronize
 
+from synthcl.io import atomic_write_text
+
 # Toy sizes of --dry: procedural shapes at Fashion-MNIST's size, tiny batches.
 DRY = ["data.dataset=shapes", "data.options={n: 256}", "data.image_size=28", "data.channels=1", "train.batch_size=32"]
 
@@ -196,10 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     s = speed(args, device, base)
     q = quality(args, device, base, args.runs)
     text = report(info, command, args, s, q)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": info, "speed": s,
-                                                         "quality": q}, indent=1, default=str) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, "machine": info, "speed": s,
+                                                                  "quality": q}, indent=1, default=str) + "\n")
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

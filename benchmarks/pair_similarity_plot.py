@@ -24,6 +24,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from synthcl.io import save_figure  # noqa: E402
+
 COLUMNS = ("pair_ssim", "pair_cosine", "hardness")
 CONTROLLER = ("pair_target", "pair_similarity", "pair_cosine_step", "random_cosine", "hardness")
 
@@ -81,11 +86,8 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, kind
     left.legend(handles, labels, loc="best", fontsize="small")
     left.set_title(title, fontsize="medium")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, out)
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 

@@ -42,7 +42,7 @@ from _machine import describe, markdown
 from synthcl.config import load_recipe, read_run_recipe, recipe_to_dict, uses_generator
 from synthcl.errors import RunDirError, RunInUseError
 from synthcl.eval import evaluate_run
-from synthcl.io import atomic_write_text, read_json
+from synthcl.io import atomic_write_text, read_json, save_figure
 from synthcl.rundir import STATUS_FILE, held_elsewhere, is_run_dir, resumable_checkpoint, training_seconds
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
@@ -507,7 +507,7 @@ def plot(rows: list[dict], floor: dict[str, dict], path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return True
 
 

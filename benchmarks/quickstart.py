@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, markdown  # noqa: E402
 
 from synthcl.eval import evaluate_run  # noqa: E402
+from synthcl.io import atomic_write_text  # noqa: E402
 from synthcl.training import train  # noqa: E402
 
 
@@ -78,8 +79,7 @@ def main() -> None:
         f"{mean_std([r['eval_s'] for r in rows])} s (linear probe and kNN, features of 70k images).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 
 

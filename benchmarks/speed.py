@@ -61,6 +61,8 @@ from _speed_steps import (
     recipe,
 )
 
+from synthcl.io import atomic_write_text, save_figure
+
 SECTIONS = ("S1", "S2", "S3", "S4", "S5", "H")
 QUICKSTART = "quickstart"
 JOINT = "fashion-mnist-joint"
@@ -696,7 +698,7 @@ def scaling_plot(res: dict, path: Path) -> bool:
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -845,7 +847,7 @@ def memory_plot(rows: list[dict], path: Path) -> bool:
     axes[0].set_ylabel("MiB added by the training steps")
     fig.tight_layout()
     if drawn:
-        fig.savefig(path)
+        save_figure(fig, path)
     plt.close(fig)
     return drawn
 
@@ -1099,10 +1101,10 @@ def main() -> None:
     for name in SECTIONS:
         if name in results:
             lines += reporters[name]()
-    args.out.write_text("\n".join(lines))
     payload = {"command": command, "machine": machine, "rounds": args.rounds, "steps": args.steps,
                "warmup": args.warmup, "quick": args.quick, "durations_s": durations, "results": results}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(payload, indent=1, default=str) + "\n")
+    atomic_write_text(args.out, "\n".join(lines))
     log(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
 
 

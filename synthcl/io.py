@@ -49,6 +49,12 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names (png if none)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda p: fig.savefig(p, format=fmt, **savefig_kwargs))
+
+
 MAX_SMALL_FILE = 16 * 2**20
 """Run files read whole (JSON, YAML recipes) are never larger than this; a larger one is not synthcl's."""
 

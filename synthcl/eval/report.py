@@ -29,7 +29,7 @@ from typing import Any
 from synthcl._version import __version__
 from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
-from synthcl.io import atomic_write, read_json
+from synthcl.io import read_json, save_figure
 from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
 
 REPORT_DIR = "report"
@@ -68,7 +68,7 @@ def _figure(panels: int = 1, width: float = 5.0, height: float = 3.2, steps: boo
 
 
 def _save(fig: Any, path: Path) -> Path:
-    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_label_fractions(series: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
