@@ -281,10 +281,11 @@ def floors(runs: Path, rows: list[dict]) -> list[dict]:
     return found
 
 
-def learner_setup(runs: Path, rows: list[dict]) -> str:
+def learner_setup(runs: Path, rows: list[dict], previous: str = "") -> str:
     """What the learner of the plain runs was, read from their own recipes (not today's recipe file, which
-    may have changed since they trained); "" where none of their folders is at hand."""
-    seen = []
+    may have changed since they trained), added to ``previous`` (the stored description of runs whose folders
+    are elsewhere, e.g. trained in another session); "" where there is neither."""
+    seen = [text for text in previous.split("; ") if text]
     for r in rows:
         if r["mode"] != "none" or not folder(runs, r).is_dir():
             continue
@@ -602,7 +603,7 @@ def main() -> None:
         all_rows = list(merged.values())
         floor_rows = floors(runs, all_rows) or previous.get("floors", [])
         warmups = warmup_fid(all_rows, runs, args.fid) if args.fid else previous.get("warmups", [])
-        setup = learner_setup(runs, all_rows) or previous.get("setup", "")
+        setup = learner_setup(runs, all_rows, previous.get("setup", ""))
     # Only this process's rows go in, under the lock: a row that another process of the grid stored while the
     # floors were probed (a retrained run of the same key, say) is not put back to an older copy; the report
     # is made from what the store holds then.

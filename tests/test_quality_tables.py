@@ -299,6 +299,12 @@ def test_the_report_names_the_training_processes_and_the_runs_own_recipe(quality
            "not recorded (older rows): 1 row" in lines
     assert "- Written by this process:\n  - Date: today\n  - Cpu: Collector CPU" in lines
     assert any(line.startswith("- Every run: recipe `fashion-mnist-scarce` (small-cnn, width 8, ") for line in lines)
+    # A later grid whose folders hold only a variant keeps the stored description of the earlier runs.
+    args.plain_set, args.variant, args.seeds = ["train.steps=7"], "short", [0]
+    later = quality.run_grid(args, tmp_path / "later")
+    merged = quality.learner_setup(tmp_path / "later", later, previous=setup)
+    assert merged.split("; ") == [setup, "[short] small-cnn, width 8, 7 learner steps of batch 256, precision bf16"]
+    assert quality.learner_setup(tmp_path / "later", later, previous=merged) == merged  # nothing twice
 
 
 def test_a_variant_meets_the_plain_run_trained_with_the_same_change(quality):
