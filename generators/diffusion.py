@@ -58,6 +58,7 @@ from torch.utils.checkpoint import checkpoint
 
 from synthcl.errors import ConfigError, suggest
 from synthcl.interfaces import Generator
+from synthcl.io import default_mode
 from synthcl.registry import GENERATORS
 
 __all__ = ["PAIR_METHODS", "PREDICTIONS", "PRESETS", "SCHEDULES", "Diffusion", "Preset", "make_betas", "trailing_timesteps"]
@@ -153,6 +154,8 @@ def _replace_folder(target: Path, write: Any) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)
+        for f in tmp.rglob("*"):  # diffusers' safetensors files come out 0600
+            default_mode(f)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

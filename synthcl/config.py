@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -304,6 +305,12 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def _short(value: int) -> str:
+    """An integer as the user wrote it, or its first digits and its length when it is hundreds long."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted (int -> float, list copy)."""
     origin = typing.get_origin(tp)
@@ -353,6 +360,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
+        if not -(2**63) <= value < 2**63:  # torch and the C code under it take 64-bit integers at most
+            raise ConfigError(f"{key}: {_short(value)} is too large (a 64-bit integer at most)")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -362,7 +371,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 raise wrong from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the largest float
+            raise ConfigError(f"{key}: {_short(value)} is too large for a number") from None
     if tp is str:
         if not isinstance(value, str):
             raise wrong
@@ -645,29 +657,58 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``.
+def read_recipe_text(path: Path) -> str:
+    """The text of a recipe file.
 
     Raises:
-        ConfigError: on unreadable files or invalid YAML, naming the file and line.
+        ConfigError: if it cannot be read, is not UTF-8 text or is too large to be a recipe.
     """
     from synthcl.io import MAX_SMALL_FILE, read_small_text
 
     try:
-        text = read_small_text(path)
+        return read_small_text(path)
     except OSError as err:
         raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"recipe {path} is not a text file (UTF-8 YAML)") from None
     except ValueError:
         raise ConfigError(f"recipe {path} is larger than {MAX_SMALL_FILE // 2**20} MiB: not a recipe") from None
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (plain YAML keeps the last one
+    silently, so a recipe that sets ``dataset:`` twice would train on whichever came second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one section", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping the way ``yaml.safe_load`` does, refusing a key written twice in one section.
+
+    Raises:
+        ConfigError: on unreadable files or invalid YAML, naming the file and line.
+    """
+    text = read_recipe_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise ConfigError(f"recipe {path} is nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = str(getattr(err, "problem", ""))
+        if "appears twice" in problem:
+            raise ConfigError(f"recipe {path}: {problem}{where}") from None
         raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
     if data is None:
         return {}

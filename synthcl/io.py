@@ -20,6 +20,12 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def default_mode(path: str | Path) -> None:
+    """Give ``path`` the permissions a new file or folder gets from the umask: writers that make 0600 files
+    (mkstemp, mkdtemp, safetensors) would otherwise leave a run that a teammate or a group job cannot read."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one rename.
 
@@ -29,10 +35,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files for their readers
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        default_mode(tmp_path)  # after the write: mkstemp makes 0600, and so does a writer that makes its own file
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import os
 import shutil
 from collections.abc import Iterator
@@ -184,7 +185,19 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
 
 
 def _is_run_entry(path: Path) -> bool:
-    return path.name in RUN_ENTRIES or any(path.match(p) for p in RUN_PATTERNS)
+    return _is_run_name(path.name)
+
+
+def _is_run_name(name: str) -> bool:
+    if name in RUN_ENTRIES or any(fnmatch.fnmatchcase(name, p) for p in RUN_PATTERNS):
+        return True
+    # What a synthcl command killed half-way leaves beside a run entry: an atomic write's or the report's
+    # temporary `.<entry>.<random>.tmp` (mkstemp/mkdtemp suffixes hold no dot) and the report's `.report.old`.
+    # A user's own hidden file matches none of these unless it is named after a run entry that way.
+    if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3:
+        entry = name[1:-4].rsplit(".", 1)[0]
+        return bool(entry) and _is_run_name(entry)
+    return name == ".report.old"
 
 
 def _remove(entry: Path) -> None:

@@ -38,7 +38,15 @@ def _fail(message: str) -> None:
 
 
 def load_code(paths: list[Path]) -> None:
-    """Import user Python files so the components they register become available by name."""
+    """Import user Python files so the components they register become available by name.
+
+    synthcl's own components are registered first, so a user file that takes a built-in's name fails in
+    that file, with one line, instead of later inside synthcl's own modules.
+    """
+    if paths:
+        from synthcl.registry import load_builtins
+
+        load_builtins()
     for path in paths:
         if not path.is_file():
             _fail(f"--code file {path} does not exist")
@@ -56,6 +64,9 @@ def load_code(paths: list[Path]) -> None:
         except Exception as err:  # the user's file raised while being imported
             sys.modules.pop(spec.name, None)
             _fail(f"--code {path}: {type(err).__name__} while importing it: {first_line(err)}")
+        except SystemExit as err:  # sys.exit() in the file would end the command silently, even with status 0
+            sys.modules.pop(spec.name, None)
+            _fail(f"--code {path} called sys.exit({'' if err.code is None else repr(err.code)}) while being imported")
 
 
 CodeOption = Annotated[
@@ -288,9 +299,9 @@ def recipes_list() -> None:
 @recipes_app.command("show")
 def recipes_show(name: Annotated[str, typer.Argument(help="A bundled recipe name or a recipe file.")]) -> None:
     """Print a recipe file as written."""
-    from synthcl.config import find_recipe
+    from synthcl.config import find_recipe, read_recipe_text
 
-    typer.echo(find_recipe(name).read_text(), nl=False)
+    typer.echo(read_recipe_text(find_recipe(name)), nl=False)
 
 
 def main() -> None:
@@ -313,7 +324,9 @@ def main() -> None:
             typer.echo("error: writing a file failed (is the disk full?); the last complete checkpoint is kept",
                        err=True)
             sys.exit(EXIT_USER_ERROR)
-        if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text.lower():
+        # torch says "Storage size calculation overflowed" for a tensor whose bytes exceed 64 bits
+        sizes = ("allocate", "out of memory", "size calculation overflowed")
+        if not isinstance(err, MemoryError) and not any(word in text.lower() for word in sizes):
             _crash(err)
         typer.echo("error: out of memory (a size in the recipe is too large for this machine: batch, image size, "
                    "model width, synthesis.ratio)", err=True)

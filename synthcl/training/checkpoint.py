@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from synthcl.errors import CheckpointError, first_line
-from synthcl.io import _UMASK, atomic_write_json, read_json
+from synthcl.io import atomic_write_json, default_mode, read_json
 from synthcl.rundir import LAST
 from synthcl.weights import _tensors, load_weights, save_weights
 
@@ -44,7 +44,7 @@ def save_checkpoint(
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    default_mode(tmp)  # mkdtemp makes 0700
     try:
         save_file(_tensors(learner), str(tmp / "weights.safetensors"))
         for key, module in (extra or {}).items():  # e.g. the generator trained jointly with the learner
@@ -52,6 +52,7 @@ def save_checkpoint(
         torch.save(training_state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
+            default_mode(f)  # safetensors writes 0600
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         target, old = folder / name, folder / f".{name}.old"

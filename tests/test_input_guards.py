@@ -1,0 +1,136 @@
+"""Input that used to end as "a bug in synthcl" (exit 1) or pass silently, and run files that a teammate
+could not read: each now gets one line and exit 2, or the permissions of any file the user writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import assert_one_line_error, run_cli
+
+from synthcl.config import load_recipe
+from synthcl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")
+            if p.name != ".lock"}
+
+
+def test_every_file_of_a_run_has_the_permissions_of_the_umask(tmp_path, one_thread, tiny_recipe):
+    """safetensors writes 0600 files, mkstemp/mkdtemp 0600/0700: a shared run folder must not need chmod."""
+    from synthcl.training import train
+
+    run = tmp_path / "run"
+    train(tiny_recipe(train={"max_steps": 2, "checkpoint_every": 1}), out=run, quiet=True)
+    expected = {False: 0o666 & ~_umask(), True: 0o777 & ~_umask()}
+    modes = _modes(run)
+    assert "backbone.safetensors" in modes and "checkpoints/last/weights.safetensors" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items() if mode != expected[(run / name).is_dir()]}
+    assert not wrong, wrong
+
+
+def test_a_saved_diffusion_generator_has_the_permissions_of_the_umask(tmp_path, one_thread):
+    pytest.importorskip("diffusers")
+    from synthcl.generators.diffusion import Diffusion
+
+    folder = Diffusion(16, 1, preset="tiny").save_pretrained(tmp_path / "gen")
+    files = {name: mode for name, mode in _modes(folder).items() if (folder / name).is_file()}
+    assert any(name.endswith(".safetensors") for name in files if name.startswith("unet"))
+    wrong = {name: oct(mode) for name, mode in files.items() if mode != 0o666 & ~_umask()}
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.width=" + "1" * 31, "model.width: 111111111111... (31 digits) is too large"),
+    ("optim.lr=1" + "0" * 400, "optim.lr: 100000000000... (401 digits) is too large for a number"),
+    (f"train.seed={2**63}", "train.seed: 9223372036854775808 is too large (a 64-bit integer at most)"),
+])
+def test_integers_beyond_64_bits_are_refused_when_the_recipe_is_read(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("quickstart", [override])
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("override", [f"model.width={2**62}", f"data.image_size={2**62}"])
+def test_a_size_whose_bytes_overflow_is_the_out_of_memory_line(tmp_path, one_thread, tiny_recipe_file, override,
+                                                                monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), override, "--out",
+                           str(tmp_path / "r"), "-q")
+    assert_one_line_error(code, err, "out of memory")
+
+
+def test_a_key_written_twice_in_a_recipe_section_is_refused(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("data:\n  dataset: shapes\n  image_size: 16\n  dataset: cifar10\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "r"), "-q")
+    assert_one_line_error(code, err, "key 'dataset' appears twice in one section (line 4)")
+    assert not (tmp_path / "r").exists()
+    recipe.write_text("data:\n  dataset: shapes\nmodel:\n  width: 8\ndata:\n  image_size: 16\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "r"), "-q")
+    assert_one_line_error(code, err, "key 'data' appears twice")
+
+
+def test_recipes_show_refuses_a_file_that_is_not_text(tmp_path, monkeypatch, capsys):
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01binary")
+    code, out, err = run_cli(monkeypatch, capsys, "recipes", "show", str(binary))
+    assert_one_line_error(code, err, "is not a text file")
+    assert out == ""
+
+
+def test_code_that_exits_while_imported_is_an_error_not_a_silent_success(tmp_path, monkeypatch, capsys,
+                                                                          tiny_recipe_file):
+    code_file = tmp_path / "leaves.py"
+    code_file.write_text("import sys\nsys.exit(0)\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(tmp_path / "r"),
+                           "--code", str(code_file), "-q")
+    assert_one_line_error(code, err, "leaves.py called sys.exit(0) while being imported")
+    assert not (tmp_path / "r").exists()
+
+
+def test_code_that_takes_a_builtin_name_fails_in_that_file(tmp_path, tiny_recipe_file):
+    """In a fresh process (the built-ins not yet imported), as a user's first command runs."""
+    code_file = tmp_path / "mine.py"
+    code_file.write_text("from synthcl.registry import LEARNERS\n\n@LEARNERS.register('simclr')\nclass Mine:\n"
+                         "    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "synthcl", "train", str(tiny_recipe_file()), "--out",
+                           str(tmp_path / "r"), "--code", str(code_file), "-q"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, "mine.py: ValueError while importing it: learner 'simclr' "
+                                                        "is already registered")
+
+
+@pytest.mark.parametrize("leftover", [".run.json.k2x9_q1.tmp", ".report.a1b2c3d4.tmp", ".report.old",
+                                      ".eval.json.zz00yy11.tmp"])
+def test_overwrite_removes_what_a_killed_synthcl_command_left(tmp_path, one_thread, tiny_recipe_file, leftover,
+                                                              monkeypatch, capsys):
+    run, recipe = tmp_path / "run", str(tiny_recipe_file())
+    assert run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "-q")[0] == 0
+    (run / leftover).mkdir() if "report" in leftover else (run / leftover).write_text("{")
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "--overwrite", "-q")
+    assert code == 0, err
+    assert not (run / leftover).exists()
+
+
+@pytest.mark.parametrize("users", [".notes.tmp", ".mynotes.md.abc123.tmp", "...tmp", ".report.older"])
+def test_overwrite_still_refuses_a_users_hidden_file(tmp_path, one_thread, tiny_recipe_file, users, monkeypatch,
+                                                     capsys):
+    run, recipe = tmp_path / "run", str(tiny_recipe_file())
+    assert run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "-q")[0] == 0
+    (run / users).write_text("mine")
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "--overwrite", "-q")
+    assert_one_line_error(code, err, users)
+    assert (run / users).read_text() == "mine"
