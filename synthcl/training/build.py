@@ -166,6 +166,49 @@ def load_train_source(recipe: Recipe) -> ImageSource:
     return source
 
 
+def check_batches_fit(recipe: Recipe, source: ImageSource, world: int) -> int:
+    """Refuse, in one line, a learner recipe whose batches cannot be drawn from ``source`` by ``world``
+    processes; return the steps per epoch. A run checks this before it creates or changes its folder.
+
+    Every draw of real images is covered: the training batch, the ``matched-views`` control's extra images of
+    a step (``round(synthesis.ratio * batch)`` per process, drawn as one batch), and the generator's warm-up
+    inside the run (``generator.pretrain_batch_size``). The other synthesis modes draw latents, not images.
+
+    Raises:
+        ConfigError: if ``train.batch_size`` is not divisible by ``world``.
+        DataError: if a batch holds more images than the training set.
+    """
+    t, sy, g = recipe.train, recipe.synthesis, recipe.generator
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
+    steps_per_epoch = source.batches_per_epoch(t.batch_size)
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
+            "lower train.batch_size or raise data.fraction"
+        )
+    if sy.mode == "matched-views":
+        extra = matched_views_per_process(sy.ratio, t.batch_size, world) * world
+        if extra > len(source):
+            raise DataError(
+                f"synthesis.ratio {sy.ratio:g} needs {extra} extra real images per step (matched-views: "
+                f"ratio x train.batch_size {t.batch_size}), more than the {len(source)} training images; "
+                "lower synthesis.ratio or train.batch_size, or raise data.fraction"
+            )
+    warm_up = uses_generator(sy.mode) and g.pretrained is None and g.pretrain_steps > 0
+    if warm_up and source.batches_per_epoch(g.pretrain_batch_size) == 0:
+        raise DataError(
+            f"the training set has {len(source)} images, fewer than generator.pretrain_batch_size "
+            f"{g.pretrain_batch_size}; lower generator.pretrain_batch_size or raise data.fraction"
+        )
+    return steps_per_epoch
+
+
+def matched_views_per_process(ratio: float, batch_size: int, world: int) -> int:
+    """The ``matched-views`` control's extra real images per process and step: as many as synthetic latents."""
+    return max(1, round(ratio * (batch_size // world)))
+
+
 def compile_learner(learner: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``torch.compile(learner)``, after a tiny probe that turns a machine without a working compiler
     (no C++ toolchain for Inductor on CPU, say) into one clear line instead of a traceback mid-step.

@@ -20,6 +20,7 @@ from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import (
     RECIPE_FILE,
+    REPLACED,
     STATUS_FILE,
     clear_old_run,
     drop_replaced_run,
@@ -31,7 +32,7 @@ from synthcl.rundir import (
 )
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint, state_of
-from synthcl.training.session import RunInterrupted, RunSession
+from synthcl.training.session import RunInterrupted, RunSession, refuse_resume_past_the_end
 from synthcl.training.step import GeneratorStep
 from synthcl.viz import save_sample_grid
 
@@ -58,9 +59,8 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     source, generator, g_opt, d_opt, steps_per_epoch, run_steps = _build_generator_run(recipe, device)
     if overwrite:
         clear_old_run(run_dir)
-    start_step = _resume_generator(run_dir, generator, g_opt, d_opt) if resume else 0
+    start_step = _resume_generator(run_dir, generator, g_opt, d_opt, run_steps, t.max_steps) if resume else 0
 
-    atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     info: dict[str, Any] = {
         "stage": "generator", "generator": generator.registry_name(), "image_size": source.image_size,
         "channels": source.channels, "dataset": recipe.data.dataset, "processes": 1,
@@ -89,7 +89,8 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
         loss_names=["critic_loss", "generator_loss"], save=save,
         divergence=("critic/generator loss", "Try lower generator.lr"), batch_size=t.batch_size,
         title=f"pretrain {recipe.name}", quiet=quiet, device=device,
-    )
+    )  # checks metrics.csv: a refused resume leaves recipe.yaml as it was
+    atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     generator_step = GeneratorStep(generator, g_opt, d_opt, critic_steps=g.critic_steps,
                                    partner_momentum=g.partner_momentum, seed=t.seed, autocast=accelerator.autocast)
     session.write_status("running", start_step)
@@ -138,12 +139,15 @@ def _build_generator_run(recipe: Recipe, device: torch.device) -> tuple[Any, Gen
             min(total_steps, t.max_steps) if t.max_steps else total_steps)
 
 
-def _resume_generator(run_dir: Path, generator: Generator, g_opt: Any, d_opt: Any) -> int:
-    """Load checkpoints/last (if any) into the generator and its optimizers; the step to continue from."""
+def _resume_generator(run_dir: Path, generator: Generator, g_opt: Any, d_opt: Any, run_steps: int,
+                      max_steps: int | None) -> int:
+    """Load checkpoints/last (if any) into the generator and its optimizers; the step to continue from.
+    Refuses (before anything is written) a ``train.max_steps`` below the checkpoint's step."""
     found = resumable_checkpoint(run_dir)
     if found is None:
         return 0
     state, meta = load_checkpoint(found, generator)
+    refuse_resume_past_the_end(meta["step"], run_steps, max_steps, found)
     with state_of(found):
         g_opt.load_state_dict(state["generator_optimizer"])
         if d_opt is not None:
@@ -178,7 +182,9 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
     with like.
 
     Raises:
-        RunInterrupted: on Ctrl-C, naming the learner run to resume.
+        RunInterrupted: on Ctrl-C, naming the learner run to resume; or, when the run replaces an earlier one
+            (``--overwrite``) that is put back because this one has no checkpoint yet, saying so and to start
+            again with ``--overwrite``.
     """
     folder = run_dir / PRETRAIN_DIR
     if _read_status(folder / STATUS_FILE) != "completed" or not (folder / EXPORT / "config.json").is_file():
@@ -187,6 +193,17 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
                 train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
                                 overwrite=False, quiet=quiet)
         except RunInterrupted:
+            aside = run_dir / REPLACED
+            if aside.is_dir():
+                # --overwrite, before the new run's first learner checkpoint: the caller's lock_released_on_error
+                # puts the earlier run back (and removes this one, its warm-up included), so --resume could only
+                # fail on another recipe or continue the earlier run.
+                kept = (f"the previous run in {run_dir} was kept" if any(aside.iterdir())
+                        else f"the new run's files in {run_dir} were removed")
+                raise RunInterrupted(
+                    f"interrupted while warming the generator up, before the new run's first checkpoint; {kept}; "
+                    f"start again with: synthcl train ... --out {run_dir} --overwrite"
+                ) from None
             write_status(run_dir, "interrupted", 0)
             raise RunInterrupted(
                 f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"

@@ -12,7 +12,7 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schedule_steps, uses_generator
-from synthcl.errors import ConfigError, DataError, RunDirError
+from synthcl.errors import ConfigError, RunDirError
 from synthcl.interfaces import ContrastiveLearner
 from synthcl.io import atomic_write_text
 from synthcl.rundir import (
@@ -31,13 +31,16 @@ from synthcl.training.build import (
     build_learner,
     build_synthesizer,
     channel_stats,
+    check_batches_fit,
+    check_launch_environment,
     compile_learner,
     load_train_source,
     make_accelerator,
+    matched_views_per_process,
 )
 from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint, state_of
 from synthcl.training.optim import build_optimizer, build_scheduler
-from synthcl.training.session import METRIC_COLUMNS, RunSession
+from synthcl.training.session import METRIC_COLUMNS, RunSession, refuse_resume_past_the_end
 from synthcl.training.step import LearnerStep
 
 
@@ -93,9 +96,13 @@ def train(
 
 
 def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
+    # 1a. The training set, and whether every batch of the recipe can be drawn from it: a run that cannot
+    #     start says so before its folder is created or changed.
+    t = recipe.train
+    source = load_train_source(recipe)
+    check_batches_fit(recipe, source, check_launch_environment(t.cpu))
     # 1b. The generator's warm-up inside the run (generator.pretrain_steps), then the run directory.
     recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet)
-    t = recipe.train
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     if main:
@@ -103,17 +110,15 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     accelerator.wait_for_everyone()
 
     # 2.-3. Data, augmentation, model, optimizer, schedule, synthesizer; only then the old run is set aside.
-    run = _build_run(recipe, build_recipe, accelerator)
+    run = _build_run(recipe, build_recipe, accelerator, source)
     if main and overwrite:
         clear_old_run(run_dir)
     # 4. Resume: weights, optimizer, schedule and synthesis state from checkpoints/last.
-    start_step = _resume(run, run_dir, accelerator) if resume else 0
+    start_step = _resume(run, run_dir, accelerator, t.max_steps) if resume else 0
     learner, optimizer = accelerator.prepare(run.learner, run.optimizer)
     unwrapped: ContrastiveLearner = accelerator.unwrap_model(learner)
     if t.compile:  # only step 7 goes through the compiled wrapper: saved keys never carry `_orig_mod.`
         learner = compile_learner(learner, accelerator.device)
-    if main:
-        atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     info = _run_info(recipe, run, unwrapped, accelerator.num_processes)
     synth, source = run.synth, run.source
 
@@ -124,7 +129,9 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
             drop_replaced_run(run_dir)  # --overwrite: the old run goes once this one can be resumed
         accelerator.wait_for_everyone()
 
-    session = _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet)
+    session = _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet)  # checks metrics.csv
+    if main:  # after every check of the resumed run's files: a refused resume leaves recipe.yaml as it was
+        atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     learner_step = _learner_step(recipe, run, learner, unwrapped, optimizer, accelerator)
 
     def row(done: int) -> dict[str, float]:
@@ -199,8 +206,7 @@ def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: b
     from synthcl.training.generator_loop import pretrain_in_run
 
     recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
-    if overwrite:
-        load_train_source(recipe)  # the data must be there before the old run is set aside
+    if overwrite:  # the data was loaded and checked (step 1a) before the old run is set aside
         clear_old_run(run_dir)
     if not resume:
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
@@ -208,19 +214,14 @@ def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: b
     return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet), True, False  # the folder is this run's now
 
 
-def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any) -> _Run:
-    """Steps 2 and 3: the (fraction of the) training set, device-resident when it fits; the augmentations;
-    the learner with the same initial weights on every process; optimizer, schedule and synthesizer."""
-    t, o, sy, world, device = recipe.train, recipe.optim, recipe.synthesis, accelerator.num_processes, accelerator.device
-    source = load_train_source(recipe)
-    if t.batch_size % world:
-        raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
-    steps_per_epoch = source.batches_per_epoch(t.batch_size)
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}; "
-            "lower train.batch_size or raise data.fraction"
-        )
+def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any, source: Any = None) -> _Run:
+    """Steps 2 and 3: the (fraction of the) training set (``source``, loaded here if not given), device-resident
+    when it fits; the augmentations; the learner with the same initial weights on every process; optimizer,
+    schedule and synthesizer."""
+    t, o, sy, device = recipe.train, recipe.optim, recipe.synthesis, accelerator.device
+    if source is None:
+        source = load_train_source(recipe)
+    steps_per_epoch = check_batches_fit(recipe, source, accelerator.num_processes)
     total_steps = schedule_steps(t, steps_per_epoch)
     mean, std = channel_stats(source)
     augment = build_augment(recipe.augment, source, mean, std).to(device)
@@ -240,12 +241,14 @@ def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any) -> _Run:
                 {"generator": synth.generator} if synth is not None else None)
 
 
-def _resume(run: _Run, run_dir: Path, accelerator: Any) -> int:
-    """Step 4: load checkpoints/last (if any) into the run's objects; return the step to continue from."""
+def _resume(run: _Run, run_dir: Path, accelerator: Any, max_steps: int | None) -> int:
+    """Step 4: load checkpoints/last (if any) into the run's objects; return the step to continue from.
+    Refuses (before anything is written) a ``train.max_steps`` below the checkpoint's step."""
     found = resumable_checkpoint(run_dir)
     if found is None:
         return 0
     state, meta = load_checkpoint(found, run.learner, run.extra_modules)
+    refuse_resume_past_the_end(meta["step"], run.run_steps, max_steps, found)
     with state_of(found):
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -319,7 +322,7 @@ def matched_views(source: Any, t: Any, ratio: float, rank: int, world: int, devi
     so a resumed run draws the same ones."""
     from synthcl.training.session import step_seed
 
-    per_process = max(1, round(ratio * (t.batch_size // world)))
+    per_process = matched_views_per_process(ratio, t.batch_size, world)  # check_batches_fit: fits the training set
 
     def draw(step: int) -> torch.Tensor:
         batches = source.batches(per_process * world, device=device, seed=step_seed(t.seed + 2, step, 0), epoch=0,

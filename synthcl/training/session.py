@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from synthcl.errors import RunDirError, SynthclError, TrainingDiverged
+from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
 from synthcl.io import atomic_write_text
 from synthcl.progress import ProgressBar
 from synthcl.rundir import LAST, METRICS_FILE, write_status
@@ -36,6 +36,24 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 8191 + rank) % (2**63 - 1)
 
 
+def refuse_resume_past_the_end(step: int, run_steps: int, max_steps: int | None, checkpoint: Path) -> None:
+    """Refuse to resume from a checkpoint at ``step`` a run that would stop at ``run_steps`` < ``step``: the
+    loop would not run, and the run's files would call it complete at ``run_steps`` with the weights of
+    ``step``. Called before the resumed run writes anything.
+
+    Raises:
+        ConfigError: naming the step reached and the ``train.max_steps`` that would resume it.
+        DataError: if the schedule itself ends before ``step`` (the training set is smaller than it was).
+    """
+    if step <= run_steps:
+        return
+    if max_steps is not None and max_steps < step:
+        raise ConfigError(f"train.max_steps {max_steps} is below the step {step} the run has reached ({checkpoint}); "
+                          f"resume with train.max_steps={step} or more, or without train.max_steps to train to the end")
+    raise DataError(f"the run has reached step {step} ({checkpoint}) but this recipe trains {run_steps} steps "
+                    "(did the training set shrink?); resume it with the data it was trained on")
+
+
 class MetricsLog:
     """metrics.csv (rows appended and flushed) and TensorBoard, both truncated to the resume step."""
 
@@ -52,6 +70,13 @@ class MetricsLog:
             except (KeyError, ValueError, TypeError, csv.Error):
                 raise RunDirError(f"{self.path} is damaged (a row without a whole step number); move it away to "
                                   "resume without the earlier metrics") from None
+        # The kept rows are rewritten whole (one atomic write, after every check): a column this run does not
+        # write, or a row longer than the header, is damage like a bad step number, never silently dropped.
+        unknown = sorted({"(unnamed)" if key is None else str(key) for row in kept for key in row} - set(columns))
+        if unknown:
+            raise RunDirError(f"{self.path} is damaged (columns this run does not write: {', '.join(unknown[:3])}"
+                              f"{', ...' if len(unknown) > 3 else ''}); move it away to resume without the earlier "
+                              "metrics")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()

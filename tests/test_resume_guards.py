@@ -1,0 +1,190 @@
+"""Runs that must be refused before anything is written, and messages whose advice must work: resuming below
+the step a run reached, a Ctrl-C while an --overwrite run warms its generator up, batches the training set
+cannot fill, and a metrics.csv with columns the run does not write."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import merge
+from test_cli import assert_one_line_error, run_cli, tree_digest
+
+from synthcl.training import train
+from synthcl.training.session import RunInterrupted, StopRequest
+
+# The joint method with its generator warmed up inside the run, at the GAN's smallest size.
+JOINT = {"data": {"image_size": 28},
+         "generator": {"name": "gan", "options": {"preset": "tiny"}, "pretrain_steps": 2, "pretrain_batch_size": 16,
+                       "sample_every": 2, "samples": 4},
+         "synthesis": {"mode": "joint", "ratio": 0.25, "sample_every": 2},
+         "train": {"max_steps": 2}}
+GENERATOR_STAGE = {"stage": "generator", "data": {"image_size": 28},
+                   "generator": {"name": "gan", "options": {"preset": "tiny"}, "sample_every": 2, "samples": 4},
+                   "train": {"max_steps": 2}}
+
+
+def status_of(run):
+    return json.loads((run / "run.json").read_text())
+
+
+def stop_at_the_first_step(monkeypatch):
+    """A Ctrl-C during the first step of every run session (as the review's sigint_driver.py does)."""
+    original = StopRequest.__enter__
+
+    def enter(self):
+        entered = original(self)
+        self.requested = True
+        return entered
+
+    monkeypatch.setattr(StopRequest, "__enter__", enter)
+
+
+# -- train.max_steps below the step a run reached (review finding 2) -----------------------------------
+
+
+@pytest.mark.parametrize("stage", [{}, GENERATOR_STAGE], ids=["learner", "generator"])
+def test_resume_with_max_steps_below_the_reached_step_is_refused_before_anything_is_written(
+        stage, tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    recipe = tiny_recipe_file(**merge(stage, {"train": {"max_steps": 2, "checkpoint_every": 2}}))
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+    assert status_of(run)["step"] == 2
+
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "train.max_steps=1", "--out", str(run),
+                           "--resume", "-q")
+    assert_one_line_error(code, err, "train.max_steps 1 is below the step 2 the run has reached")
+    # run.json, recipe.yaml, metrics, the exports and the checkpoint: byte for byte, and no lock left
+    assert tree_digest(run) == before
+    assert status_of(run)["status"] == "completed" and "max_steps: 2" in (run / "recipe.yaml").read_text()
+
+    # The advice works: a train.max_steps of the reached step or more resumes.
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "train.max_steps=3", "--out", str(run),
+                           "--resume", "-q")
+    assert code == 0, err
+    assert (status_of(run)["status"], status_of(run)["step"]) == ("completed", 3)
+
+
+# -- Ctrl-C before an --overwrite run's first checkpoint (review finding 4) ----------------------------
+
+
+def test_ctrl_c_during_the_warm_up_of_an_overwrite_keeps_the_old_run_and_says_to_overwrite_again(
+        tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+    joint = tiny_recipe_file(**JOINT)
+    with monkeypatch.context() as patch:
+        stop_at_the_first_step(patch)
+        code, _, err = run_cli(monkeypatch, capsys, "train", str(joint), "--out", str(run), "--overwrite", "-q")
+    assert_one_line_error(code, err, f"the previous run in {run} was kept")
+    assert "--overwrite" in err and "--resume" not in err
+    assert tree_digest(run) == before  # the old run, put back byte for byte
+    assert not (run / ".replaced").exists() and not (run / ".lock").exists()
+
+    # The advice works: the same command with --overwrite replaces the old run.
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(joint), "--out", str(run), "--overwrite", "-q")
+    assert code == 0, err
+    assert status_of(run)["status"] == "completed" and status_of(run)["synthesis"] == "joint"
+
+
+def test_ctrl_c_during_the_warm_up_of_an_overwrite_into_a_new_folder_says_to_start_again(
+        tmp_path, one_thread, tiny_recipe, monkeypatch):
+    run = tmp_path / "run"
+    stop_at_the_first_step(monkeypatch)
+    with pytest.raises(RunInterrupted, match=r"the new run's files in .* were removed; start again with: .*--overwrite"):
+        train(tiny_recipe(**JOINT), out=run, overwrite=True, quiet=True)
+    assert not any(run.iterdir())
+
+
+def test_ctrl_c_at_the_first_learner_step_of_an_overwrite_checkpoints_first_so_resume_works(
+        tmp_path, one_thread, tiny_recipe, monkeypatch):
+    """The learner loop checkpoints before it stops, which drops the old run: its --resume advice holds."""
+    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+    new = tiny_recipe(optim={"lr": 0.01})
+    with monkeypatch.context() as patch:
+        stop_at_the_first_step(patch)
+        with pytest.raises(RunInterrupted, match=r"interrupted after step 1; continue with: .* --resume"):
+            train(new, out=run, overwrite=True, quiet=True)
+    assert not (run / ".replaced").exists() and status_of(run)["status"] == "interrupted"
+    train(new, out=run, resume=True, quiet=True)
+    assert status_of(run)["status"] == "completed" and "lr: 0.01" in (run / "recipe.yaml").read_text()
+
+
+# -- batches the training set cannot fill (review finding 5) -------------------------------------------
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    # 9 x 16 = 144 extra real images per step from 128
+    (["synthesis.mode=matched-views", "synthesis.ratio=9"],
+     "synthesis.ratio 9 needs 144 extra real images per step (matched-views: ratio x train.batch_size 16), "
+     "more than the 128 training images"),
+    (["synthesis.mode=matched-views", "synthesis.ratio=3", "data.fraction=0.25"], "needs 48 extra real images"),
+    (["train.batch_size=256"], "fewer than train.batch_size 256"),
+])
+def test_batches_larger_than_the_training_set_are_refused_before_the_folder_is_made(
+        overrides, fragment, tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    recipe = tiny_recipe_file()
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), *overrides, "--out", str(tmp_path / "new"), "-q")
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "new").exists()
+
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), *overrides, "--out", str(run), "--overwrite",
+                           "-q")
+    assert_one_line_error(code, err, fragment)
+    assert tree_digest(run) == before
+
+
+def test_a_warm_up_batch_larger_than_the_training_set_is_refused_before_the_folder_is_made(
+        tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    recipe = tiny_recipe_file(**merge(JOINT, {"generator": {"pretrain_batch_size": 256}}))
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, "fewer than generator.pretrain_batch_size 256")
+    assert not (tmp_path / "run").exists()
+
+
+def test_matched_views_that_fit_exactly_train(tmp_path, one_thread, tiny_recipe):
+    # 8 x 16 = 128 extra real images per step: the whole training set, drawn afresh each step
+    run = train(tiny_recipe(synthesis={"mode": "matched-views", "ratio": 8}, train={"max_steps": 1}),
+                out=tmp_path / "run", quiet=True)
+    assert status_of(run)["status"] == "completed"
+
+
+# -- metrics.csv with columns the run does not write (review finding 11) ------------------------------
+
+
+@pytest.mark.parametrize("stage", [{}, GENERATOR_STAGE], ids=["learner", "generator"])
+@pytest.mark.parametrize("damage", ["extra column", "long row"])
+def test_resume_refuses_a_metrics_file_with_columns_the_run_does_not_write(
+        damage, stage, tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    """Like a row without a whole step number (the existing convention): one line, nothing rewritten, and
+    moving the file away resumes."""
+    recipe = tiny_recipe_file(**merge(stage, {"train": {"max_steps": 2, "checkpoint_every": 2}}))
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "-q")[0] == 0
+    rows = list(csv.reader(open(run / "metrics.csv", newline="")))
+    if damage == "extra column":
+        rows = [rows[0] + ["extra"]] + [row + ["1"] for row in rows[1:]]
+    else:
+        rows = [rows[0]] + [row + ["1"] for row in rows[1:]]
+    with open(run / "metrics.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    before = tree_digest(run)
+
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "train.max_steps=4", "--out", str(run),
+                           "--resume", "-q")
+    assert_one_line_error(code, err, f"{run / 'metrics.csv'} is damaged (columns this run does not write")
+    assert ("extra" if damage == "extra column" else "(unnamed)") in err
+    assert tree_digest(run) == before  # metrics.csv and recipe.yaml untouched
+
+    # The advice works: with the file moved away, the run resumes.
+    (run / "metrics.csv").rename(tmp_path / "metrics-moved.csv")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "train.max_steps=4", "--out", str(run),
+                           "--resume", "-q")
+    assert code == 0, err
+    assert status_of(run)["step"] == 4
