@@ -12,9 +12,18 @@ from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
 from synthcl.errors import ConfigError, RunDirError
 from synthcl.eval.generative import encoder_features, generator_metrics, inception_features
+from synthcl.eval.results import (
+    CHECKPOINT,
+    MEASUREMENTS,
+    combine_measurements,
+    fingerprint,
+    measurement_of,
+    merge_result,
+    write_merged,
+)
 from synthcl.interfaces import Generator
-from synthcl.io import atomic_write_json
-from synthcl.rundir import RECIPE_FILE, is_run_dir
+from synthcl.io import read_json
+from synthcl.rundir import RECIPE_FILE, STATUS_FILE, is_run_dir
 
 FeatureSpace = Literal["auto", "inception", "encoder"]
 
@@ -51,8 +60,11 @@ def evaluate_generator(
         init: "trained", or "random" for the untrained generator of step 0 (the starting point).
 
     Returns:
-        ``{"generator": {...}, "partner": {...}, "feature_space": ..., "n": n}``; also written to
-        ``eval-generator.json`` (``eval-generator-random.json``) in the run directory.
+        ``{"generator": {...}, "partner": {...}, "feature_space": ..., "n": n, "checkpoint": {...}}``; also
+        written to ``eval-generator.json`` (``eval-generator-random.json``) in the run directory. The file's
+        top level is this newest measurement, and its ``measurements`` list keeps one per feature space and
+        ``n`` measured on the same generator weights (those measured on other weights move to its
+        ``superseded`` list, see :mod:`synthcl.eval.results`).
 
     Raises:
         RunDirError: if ``run_dir`` is not a generator run.
@@ -89,7 +101,8 @@ def evaluate_generator(
                         num_workers=d.num_workers, options=d.options)
     images = torch.cat([x for x, _ in real.batches(1000, seed=seed, drop_last=False)])
     start = time.perf_counter()
-    result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "n": n, "feature_space": extractor.label}
+    result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "n": n, "feature_space": extractor.label,
+                              CHECKPOINT: fingerprint(generator, step=None if init == "random" else _run_step(run_dir))}
     real_features = None
     for name, model in (("generator", generator), ("partner", None)):
         rng = torch.Generator().manual_seed(seed + 1)
@@ -104,5 +117,16 @@ def evaluate_generator(
         real_features = metrics.pop("real_features")
         result[name] = {k: v for k, v in metrics.items() if k != "feature_space"}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_json(run_dir / ("eval-generator.json" if init == "trained" else "eval-generator-random.json"), result)
+    result[MEASUREMENTS] = [measurement_of(result)]
+    path = run_dir / ("eval-generator.json" if init == "trained" else "eval-generator-random.json")
+    write_merged(path, merge_result(path, result, context=("init",), combine=combine_measurements, quiet=quiet))
     return result
+
+
+def _run_step(run_dir: Path) -> int | None:
+    """The run's step as ``run.json`` says (informative: the weights' digest decides what is current)."""
+    try:
+        status = read_json(run_dir / STATUS_FILE)
+    except (OSError, ValueError):
+        return None
+    return status.get("step") if isinstance(status, dict) else None

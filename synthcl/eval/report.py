@@ -7,11 +7,14 @@ What it shows, from what the run wrote:
   ``lambda_hard``, time per phase and throughput: from ``metrics.csv``;
 - the sample and pair grids written during training (``samples/``, ``pairs/``) at a few steps;
 - the evaluations found in the run directory: ``eval.json`` (linear, kNN), ``eval-efficiency.json``,
-  ``eval-transfer-*.json``, ``eval-generator.json`` (and their ``-random`` baselines).
+  ``eval-transfer-*.json``, ``eval-generator.json`` (and their ``-random`` baselines); their current
+  results only (not what they keep under ``superseded``). A file that cannot be read, or whose contents
+  are not in the shape synthcl writes, is listed as skipped.
 
 Plots need matplotlib (``pip install matplotlib``, in the ``dev`` extra). The report is built in a
 temporary folder inside the run directory and swapped in by renames: a previous ``report/`` is replaced,
-nothing else in the run directory is touched.
+nothing else in the run directory is touched. A ``report/`` that holds anything besides ``report.md`` and
+PNG files (a file of the user's) is never replaced: the report is refused, naming those files.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import Any
 from synthcl._version import __version__
 from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
-from synthcl.io import read_json, save_figure
+from synthcl.eval.results import MEASUREMENTS, is_number
+from synthcl.io import default_mode, read_json, save_figure
 from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
 
 REPORT_DIR = "report"
@@ -97,23 +101,28 @@ def plot_label_fractions(series: Sequence[dict[str, Any]], path: str | Path, tit
 
 
 def read_metrics(path: Path) -> dict[str, list[float]]:
-    """metrics.csv as column -> floats (NaN where empty); rows cut short by a crash are skipped."""
+    """metrics.csv as column -> floats (NaN where empty); rows cut short by a crash, or holding bytes that
+    are not UTF-8, are skipped. A file that cannot be read as CSV at all holds no metrics."""
     columns: dict[str, list[float]] = {}
     if not path.is_file():
         return columns
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        names = list(reader.fieldnames or [])
-        columns = {name: [] for name in names}
-        for row in reader:
-            try:
-                values = {name: float(row[name]) if row.get(name) not in (None, "") else math.nan for name in names}
-            except (TypeError, ValueError):
-                continue
-            if math.isnan(values.get("step", math.nan)):
-                continue
-            for name in names:
-                columns[name].append(values[name])
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            names = list(reader.fieldnames or [])
+            columns = {name: [] for name in names}
+            for row in reader:
+                try:
+                    values = {name: float(row[name]) if row.get(name) not in (None, "") else math.nan
+                              for name in names}
+                except (TypeError, ValueError):  # a short row, or text where a number belongs
+                    continue
+                if math.isnan(values.get("step", math.nan)):
+                    continue
+                for name in names:
+                    columns[name].append(values[name])
+    except (OSError, csv.Error):
+        return {}
     return columns
 
 
@@ -292,17 +301,18 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
     plots: list[Path] = []
     unreadable: list[str] = []
 
-    def load(name: str) -> dict[str, Any] | None:
+    def load(name: str, shape_ok: Any) -> dict[str, Any] | None:
         path = run_dir / name
         if not path.is_file():
             return None
         data = _read_json(path)
-        if data is None:
+        if data is None or not shape_ok(data):
             unreadable.append(name)
+            return None
         return data
 
-    probes = {init: load(name) for init, name in (("trained", "eval.json"), ("random", "eval-random.json"),
-                                                  ("pixels", "eval-pixels.json"))}
+    probes = {init: load(name, _probes_ok) for init, name in (("trained", "eval.json"), ("random", "eval-random.json"),
+                                                              ("pixels", "eval-pixels.json"))}
     if any(probes.values()):
         rows = []
         few = next((p for p in probes.values() if p and "few_label_fraction" in p), None)
@@ -317,7 +327,8 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
                    f"{first.get('test_images', '?')} test images)"), ""]
         lines += _table(["", "trained backbone", "random init", "raw pixels"], rows)
 
-    efficiency = [r for r in (load("eval-efficiency.json"), load("eval-efficiency-random.json")) if r]
+    efficiency = [r for r in (load("eval-efficiency.json", _fractions_ok),
+                              load("eval-efficiency-random.json", _fractions_ok)) if r]
     if efficiency:
         lines += ["### Data efficiency", "",
                   (f"Linear probe trained on label fractions of the training set ({efficiency[0].get('subsets', '')}), "
@@ -327,7 +338,7 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
         plots.append(plot)
         _image(lines, plot, "linear probe accuracy against label fraction")
 
-    transfers = [r for p in sorted(run_dir.glob("eval-transfer-*.json")) if (r := load(p.name))]
+    transfers = [r for p in sorted(run_dir.glob("eval-transfer-*.json")) if (r := load(p.name, _fractions_ok))]
     if transfers:
         lines += ["### Transfer", ""]
         for r in transfers:
@@ -341,21 +352,22 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
         plots.append(plot)
         _image(lines, plot, "transfer accuracy against label fraction")
 
-    generators = {init: load(name) for init, name in (("trained", "eval-generator.json"),
-                                                      ("random", "eval-generator-random.json"))}
+    generators = {init: load(name, _generator_ok) for init, name in (("trained", "eval-generator.json"),
+                                                                     ("random", "eval-generator-random.json"))}
     if any(generators.values()):
         lines += ["### Sample quality", ""]
         rows = []
         for init, g in generators.items():
             if not g:
                 continue
-            for model in ("generator", "partner"):
-                m = g.get(model) or {}
-                distance = "FID" if "fid" in m else "Frechet distance"
-                rows.append([f"{model} ({'step 0' if init == 'random' else 'trained'})", distance,
-                             _fmt(m.get("fid", m.get("fd"))),
-                             f"{_fmt(m.get('kid'), 4)} +- {_fmt(m.get('kid_std'), 4)}",
-                             f"{g.get('feature_space', '?')}, n={g.get('n', '?')}"])
+            for measured in _measurements(g):
+                for model in ("generator", "partner"):
+                    m = measured.get(model) or {}
+                    distance = "FID" if "fid" in m else "Frechet distance"
+                    rows.append([f"{model} ({'step 0' if init == 'random' else 'trained'})", distance,
+                                 _fmt(m.get("fid", m.get("fd"))),
+                                 f"{_fmt(m.get('kid'), 4)} +- {_fmt(m.get('kid_std'), 4)}",
+                                 f"{measured.get('feature_space', '?')}, n={measured.get('n', '?')}"])
         lines += _table(["model", "distance", "value", "KID", "feature space"], rows)
 
     if not lines:
@@ -365,6 +377,50 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
     if unreadable:
         lines += [f"Skipped (unreadable or corrupt): {', '.join(unreadable)}.", ""]
     return lines, plots
+
+
+# What the report reads from each kind of eval*.json; a file that does not have it is skipped, not reported.
+
+PROBE_NUMBERS = ("linear_top1", "knn_top1", "linear_few_top1", "linear_few_sd", "few_label_fraction")
+GENERATOR_NUMBERS = ("fid", "fd", "kid", "kid_std")
+
+
+def _probes_ok(data: dict[str, Any]) -> bool:
+    """eval.json and its floors: the accuracies and the few-label fraction, where present, are numbers."""
+    return all(is_number(data[key]) for key in PROBE_NUMBERS if key in data)
+
+
+def _fractions_ok(data: dict[str, Any]) -> bool:
+    """Efficiency and transfer: a dataset name and a list of rows, each with a label fraction in (0, 1], an
+    accuracy and an image count."""
+    rows = data.get("results")
+    return (isinstance(data.get("dataset"), str) and isinstance(rows, list) and bool(rows)
+            and all(isinstance(r, dict) and is_number(r.get("label_fraction")) and 0 < r["label_fraction"] <= 1
+                    and is_number(r.get("linear_top1")) and is_number(r.get("train_images")) for r in rows)
+            and is_number(data.get("knn_top1", 0.0)))
+
+
+def _measurements(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measurements of an eval-generator.json: its list, or (a file from before the list) its top level."""
+    found = data.get(MEASUREMENTS)
+    return found if isinstance(found, list) else [data]
+
+
+def _generator_ok(data: dict[str, Any]) -> bool:
+    """eval-generator.json: per measurement, the generator's and the partner's scores are numbers."""
+    measurements = _measurements(data)
+    if not measurements:
+        return False
+    for measured in measurements:
+        if not isinstance(measured, dict):
+            return False
+        for model in ("generator", "partner"):
+            scores = measured.get(model)
+            if scores is None:
+                continue
+            if not isinstance(scores, dict) or not all(is_number(scores[k]) for k in GENERATOR_NUMBERS if k in scores):
+                return False
+    return True
 
 
 def _fraction_table(results: list[dict[str, Any]]) -> list[str]:
@@ -418,7 +474,8 @@ def _build(run_dir: Path, out: Path) -> list[Path]:
     steps = metrics.get("step", [])
     lines += ["## Training", ""]
     if not steps:
-        lines += [f"No metrics logged yet ({METRICS_FILE} is missing or empty): the training plots are omitted.", ""]
+        lines += [(f"No metrics logged yet ({METRICS_FILE} is missing, empty or unreadable): the training plots are "
+                   "omitted."), ""]
     elif generator_run:
         plot = _plot_lines(metrics, [("losses", ["critic_loss", "generator_loss"], "loss")], out / "loss.png")
         written += [plot] if plot else []
@@ -498,7 +555,8 @@ def write_report(run_dir: str | Path, *, quiet: bool = False) -> Path:
 
     Raises:
         MissingDependencyError: without matplotlib.
-        RunDirError: if ``run_dir`` is not a run, or ``report`` in it is something other than a report.
+        RunDirError: if ``run_dir`` is not a run, or ``report`` in it is something other than a report or
+            holds files that are not the report's (they would be deleted with it).
     """
     require_matplotlib()
     run_dir = Path(run_dir)
@@ -507,10 +565,16 @@ def write_report(run_dir: str | Path, *, quiet: bool = False) -> Path:
     target = run_dir / REPORT_DIR
     if target.exists() and not (target.is_dir() and (target / REPORT_FILE).is_file()):
         raise RunDirError(f"{target} exists and is not a synthcl report; move it away to write the report")
+    foreign = _foreign_entries(target) if target.exists() else []
+    if foreign:
+        raise RunDirError(
+            f"{target} holds files that are not the report's ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); move them out of it to rewrite the report"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}.", suffix=".tmp", dir=run_dir))
     old = run_dir / f".{REPORT_DIR}.old"
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        default_mode(tmp)  # mkdtemp makes 0700
         _build(run_dir, tmp)
         if old.exists():
             shutil.rmtree(old)
@@ -525,7 +589,7 @@ def write_report(run_dir: str | Path, *, quiet: bool = False) -> Path:
     return target / REPORT_FILE
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _foreign_entries(report_dir: Path) -> list[str]:
+    """What a report folder holds besides what a report writes (report.md and PNG files): the user's."""
+    return sorted(p.name for p in report_dir.iterdir()
+                  if not (p.is_file() and not p.is_symlink() and (p.name == REPORT_FILE or p.suffix == ".png")))

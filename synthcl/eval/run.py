@@ -16,7 +16,8 @@ from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
 from synthcl.errors import CheckpointError, ConfigError, RegistryError, RunDirError
 from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
-from synthcl.io import atomic_write_json, read_json
+from synthcl.eval.results import CHECKPOINT, combine_probes, fingerprint, merge_result, write_merged
+from synthcl.io import read_json
 from synthcl.nn.backbones import build_backbone
 from synthcl.rundir import LAST, RECIPE_FILE, is_run_dir
 from synthcl.weights import load_weights
@@ -24,6 +25,8 @@ from synthcl.weights import load_weights
 Protocol = Literal["linear", "knn", "few-label", "all"]
 Init = Literal["trained", "random", "pixels"]
 INITS = ("trained", "random", "pixels")
+PROBE_CONTEXT = ("init", "dataset", "train_images", "test_images")
+"""What results merged into one eval.json share besides the weights measured."""
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -108,8 +111,10 @@ def evaluate_run(
 
     Returns:
         A dict with ``linear_top1``, ``knn_top1`` and/or ``linear_few_top1`` with ``linear_few_sd``
-        (percent) and the settings; also written to ``eval.json`` (``eval-random.json``,
-        ``eval-pixels.json``) in the run directory.
+        (percent), the settings and the weights measured (``checkpoint``). It is also added to ``eval.json``
+        (``eval-random.json``, ``eval-pixels.json``) in the run directory: the results of other protocols
+        measured on the same weights stay in the file; those measured on other weights (the run trained
+        further since) move to its ``superseded`` list (see :mod:`synthcl.eval.results`).
     """
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -119,7 +124,7 @@ def evaluate_run(
     e = f.recipe.eval
     x_train, y_train, x_test, y_test = f.x_train, f.y_train, f.x_test, f.y_test
     result: dict[str, Any] = {"run_dir": str(run_dir), "init": init, "dataset": f.recipe.data.dataset,
-                              "train_images": len(y_train), "test_images": len(y_test)}
+                              "train_images": len(y_train), "test_images": len(y_test), CHECKPOINT: f.checkpoint}
     if protocol in ("linear", "all"):
         result["linear_top1"] = linear_probe(
             x_train, y_train, x_test, y_test, epochs=e.linear_epochs, lr=e.linear_lr,
@@ -130,7 +135,8 @@ def evaluate_run(
     if protocol in ("few-label", "all"):
         result.update(few_label_probe(x_train, y_train, x_test, y_test, e))
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_json(run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json"), result)
+    path = run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json")
+    write_merged(path, merge_result(path, result, context=PROBE_CONTEXT, combine=combine_probes, quiet=quiet))
     return result
 
 
@@ -144,6 +150,15 @@ class RunFeatures:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The weights measured: see :func:`weights_measured`."""
+
+
+def weights_measured(backbone: nn.Module, info: dict[str, Any], init: str) -> dict[str, Any]:
+    """The ``checkpoint`` record of a result: a digest of the backbone's tensors (none for the pixels) and
+    of the standardisation, with the training step of trained weights."""
+    return fingerprint(None if init == "pixels" else backbone, info.get("normalization"),
+                       info.get("step") if init == "trained" else None)
 
 
 def run_device(recipe: Any, device: str | None) -> torch.device:
@@ -154,6 +169,7 @@ def run_device(recipe: Any, device: str | None) -> torch.device:
 def run_features(run_dir: Path, init: str, *, device: str | None = None, quiet: bool = False) -> RunFeatures:
     """Load the run's backbone (trained or random init) and embed its dataset's train and test splits."""
     backbone, info = load_run_backbone(run_dir, init)
+    checkpoint = weights_measured(backbone, info, init)
     recipe = read_run_recipe(run_dir)
     d, e = recipe.data, recipe.eval
     dev = run_device(recipe, device)
@@ -166,4 +182,4 @@ def run_features(run_dir: Path, init: str, *, device: str | None = None, quiet: 
         print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
     x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
     x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
-    return RunFeatures(recipe, info, x_train, y_train, x_test, y_test)
+    return RunFeatures(recipe, info, x_train, y_train, x_test, y_test, checkpoint)
