@@ -46,6 +46,25 @@ def is_run_dir(path: Path) -> bool:
     return (path / RECIPE_FILE).is_file() and (path / STATUS_FILE).is_file()
 
 
+def run_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not a run to read, in words that say what to fix; None when it is one."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file, not a run directory"
+    missing = [name for name in (RECIPE_FILE, STATUS_FILE) if not (path / name).is_file()]
+    if missing:
+        return f"{path} is not a synthcl run directory (no {' and no '.join(missing)})"
+    return None
+
+
+def require_run_dir(path: Path, advice: str = "pass the --out of a train run") -> None:
+    """Raise RunDirError, naming what is missing, unless ``path`` holds a run (:func:`is_run_dir`)."""
+    problem = run_dir_problem(path)
+    if problem is not None:
+        raise RunDirError(f"{problem}; {advice}")
+
+
 def is_marked_run(path: Path) -> bool:
     """Whether ``path`` holds a run that synthcl wrote: its ``run.json`` carries :data:`RUN_FORMAT` (or the
     run was replaced mid-way and its old run waits in :data:`REPLACED`)."""
@@ -125,7 +144,10 @@ def auto_resume_plan(run_dir: Path, recipe: Recipe) -> str:
         status = read_json(run_dir / STATUS_FILE)
         state, step = str(status["status"]), int(status["step"])
     except (OSError, ValueError, TypeError, KeyError):
-        raise RunDirError(f"{run_dir / STATUS_FILE} cannot be read; --overwrite replaces the run") from None
+        # --overwrite replaces only a folder whose run.json carries synthcl's marker, so it cannot help here;
+        # --resume reads the checkpoint, not run.json, and rewrites it.
+        raise RunDirError(f"{run_dir / STATUS_FILE} cannot be read; pass --resume instead of --auto-resume to "
+                          "continue from the run's last checkpoint, or move the folder away") from None
     if state == "diverged":
         raise RunDirError(f"{run_dir} diverged (last good step {step}): resuming would diverge again; "
                           "change the recipe and pass --overwrite")
@@ -150,8 +172,9 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     if resume:
-        if not is_run_dir(run_dir):
-            raise RunDirError(f"cannot resume: {run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
+        problem = run_dir_problem(run_dir)
+        if problem is not None:
+            raise RunDirError(f"cannot resume: {problem}")
         _refuse_another_recipe(run_dir, recipe)
         acquire_lock(run_dir)
         return recipe

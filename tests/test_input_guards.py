@@ -134,3 +134,62 @@ def test_overwrite_still_refuses_a_users_hidden_file(tmp_path, one_thread, tiny_
     code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "--overwrite", "-q")
     assert_one_line_error(code, err, users)
     assert (run / users).read_text() == "mine"
+
+
+def test_auto_resume_on_an_unreadable_status_advises_what_works(tmp_path, one_thread, tiny_recipe_file, monkeypatch,
+                                                                 capsys):
+    run, recipe = tmp_path / "run", str(tiny_recipe_file())
+    assert run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "train.max_steps=2", "-q")[0] == 0
+    (run / "run.json").write_text("not json{")
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "--auto-resume", "-q")
+    assert_one_line_error(code, err, "pass --resume instead of --auto-resume")
+    code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(run), "--resume", "-q")
+    assert code == 0, err  # the advice works
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_text("x"), "is a file, not a run directory"),
+    (lambda p: (p.mkdir(), (p / "recipe.yaml").write_text("name: x\n")), "not a synthcl run directory (no run.json)"),
+    (lambda p: (p.mkdir(), (p / "run.json").write_text("{}")), "(no recipe.yaml)"),
+    (lambda p: p.mkdir(), "(no recipe.yaml and no run.json)"),
+])
+@pytest.mark.parametrize("command", [["eval"], ["eval", "--report"], ["eval", "--protocol", "generator"],
+                                     ["train", "quickstart", "--resume"]])
+def test_a_folder_that_is_not_a_run_is_told_what_it_lacks(tmp_path, make, fragment, command, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "target"
+    make(target)
+    args = [*command[:2], "--out", str(target), *command[2:]] if command[0] == "train" else \
+        [command[0], str(target), *command[1:]]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("options, named", [(["--n", "5"], "--n only applies"),
+                                            (["--features", "encoder"], "--features only applies"),
+                                            (["--encoder", "x", "--n", "4"], "--encoder/--n only apply")])
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "knn"], ["--protocol", "efficiency"]])
+def test_generator_options_on_another_protocol_are_refused(tmp_path, options, named, protocol, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path), *protocol, *options)
+    assert_one_line_error(code, err, f"{named} to --protocol generator")
+
+
+def test_an_encoder_given_with_features_auto_is_the_feature_space(tmp_path, monkeypatch):
+    """`--encoder RUN` names the space to measure in: auto must not measure in Inception instead."""
+    from synthcl.eval import generator_eval
+
+    monkeypatch.setattr(generator_eval, "inception_features", lambda: pytest.fail("Inception was chosen"))
+    monkeypatch.setattr(generator_eval, "read_run_recipe", lambda run: type("R", (), {"stage": "generator"})())
+    monkeypatch.setattr(generator_eval, "require_run_dir", lambda *a, **k: None)
+    monkeypatch.setattr("synthcl.generation.load_generator", lambda run: None)
+
+    class Chosen(Exception):
+        pass
+
+    def encoder_run(path):
+        raise Chosen(str(path))
+
+    monkeypatch.setattr("synthcl.eval.run.load_run_backbone", encoder_run)
+    with pytest.raises(Chosen, match="enc"):
+        generator_eval.evaluate_generator(tmp_path, encoder=tmp_path / "enc", features="auto", n=4, quiet=True)

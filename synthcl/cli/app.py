@@ -177,9 +177,11 @@ def evaluate(
         Optional[Path], typer.Option(help="generator protocol: a learner run whose backbone is the feature space.")
     ] = None,
     features: Annotated[
-        FeatureChoice, typer.Option(help="generator protocol: Inception (FID) or the --encoder's features.")
+        FeatureChoice, typer.Option(help="generator protocol: Inception (FID) or the --encoder's features; auto: the "
+                                      "--encoder's when one is given, else Inception.")
     ] = FeatureChoice.auto,
-    n: Annotated[int, typer.Option("--n", help="generator protocol: samples per model.", min=2)] = 2000,
+    n: Annotated[Optional[int], typer.Option("--n", help="generator protocol: samples per model [default: 2000].",
+                                             min=2)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
     code: CodeOption = None,
 ) -> None:
@@ -196,6 +198,10 @@ def evaluate(
         _fail("--root only applies to --protocol transfer")
     if protocol is ProtocolChoice.transfer and dataset is None:
         _fail("--protocol transfer needs --dataset NAME (e.g. --dataset mnist)")
+    given = [name for name, value in (("--encoder", encoder), ("--n", n)) if value is not None]
+    given += ["--features"] if features is not FeatureChoice.auto else []
+    if given and protocol is not ProtocolChoice.generator:
+        _fail(f"{'/'.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --protocol generator")
     fractions = None
     if label_fractions:
         if protocol not in (ProtocolChoice.efficiency, ProtocolChoice.transfer):
@@ -215,6 +221,7 @@ def evaluate(
     if protocol is ProtocolChoice.generator:
         from synthcl.eval.generator_eval import evaluate_generator
 
+        n = 2000 if n is None else n
         result = evaluate_generator(run_dir, encoder=encoder, features=features.value, n=n, init=init.value,
                                     quiet=quiet)
         distance = "FID" if "fid" in result["generator"] else "Frechet distance"

@@ -23,7 +23,7 @@ from synthcl.eval.results import (
 )
 from synthcl.interfaces import Generator
 from synthcl.io import read_json
-from synthcl.rundir import RECIPE_FILE, STATUS_FILE, is_run_dir
+from synthcl.rundir import STATUS_FILE, require_run_dir
 
 FeatureSpace = Literal["auto", "inception", "encoder"]
 
@@ -55,7 +55,7 @@ def evaluate_generator(
         run_dir: a generator run directory (``stage: generator``).
         encoder: a learner run whose backbone defines the feature space (when not using Inception).
         features: "inception" (needs ``synthcl[metrics]``), "encoder" (needs ``encoder``), or "auto"
-            (Inception when installed, otherwise the encoder).
+            (the encoder when one is given, otherwise Inception).
         n: generated images per model, and the cap on real ones.
         init: "trained", or "random" for the untrained generator of step 0 (the starting point).
 
@@ -74,14 +74,15 @@ def evaluate_generator(
     from synthcl.generation import load_generator
 
     run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE})")
+    require_run_dir(run_dir, "pass the --out of a train run of a generator recipe")
     recipe = read_run_recipe(run_dir)
     if recipe.stage != "generator":
         raise RunDirError(f"{run_dir} is a learner run; --protocol generator needs a generator run")
     generator = _initial_generator(run_dir) if init == "random" else load_generator(run_dir)
 
     extractor = None
+    if features == "auto" and encoder is not None:
+        features = "encoder"  # a named encoder is what the user asked to measure in, Inception installed or not
     if features in ("auto", "inception"):
         extractor = inception_features()
         if extractor is None and features == "inception":

@@ -34,7 +34,7 @@ from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
 from synthcl.eval.results import MEASUREMENTS, is_number
 from synthcl.io import default_mode, read_json, save_figure
-from synthcl.rundir import METRICS_FILE, RECIPE_FILE, STATUS_FILE, is_run_dir
+from synthcl.rundir import METRICS_FILE, STATUS_FILE, require_run_dir
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.md"
@@ -560,8 +560,7 @@ def write_report(run_dir: str | Path, *, quiet: bool = False) -> Path:
     """
     require_matplotlib()
     run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE}); pass the --out of a train run")
+    require_run_dir(run_dir)
     target = run_dir / REPORT_DIR
     if target.exists() and not (target.is_dir() and (target / REPORT_FILE).is_file()):
         raise RunDirError(f"{target} exists and is not a synthcl report; move it away to write the report")

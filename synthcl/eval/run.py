@@ -19,7 +19,7 @@ from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy,
 from synthcl.eval.results import CHECKPOINT, combine_probes, fingerprint, merge_result, write_merged
 from synthcl.io import read_json
 from synthcl.nn.backbones import build_backbone
-from synthcl.rundir import LAST, RECIPE_FILE, is_run_dir
+from synthcl.rundir import LAST, require_run_dir
 from synthcl.weights import load_weights
 
 Protocol = Literal["linear", "knn", "few-label", "all"]
@@ -60,8 +60,7 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
         CheckpointError: if the weights are truncated, corrupt, or from another architecture.
     """
     run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir} is not a synthcl run directory (no {RECIPE_FILE}); pass the --out of a train run")
+    require_run_dir(run_dir)
     if read_run_recipe(run_dir).stage == "generator":
         raise RunDirError(f"{run_dir} is a generator run; measure it with --protocol generator")
     export = _read_json(run_dir / "backbone.json")
