@@ -286,7 +286,8 @@ def acquire_lock(run_dir: Path) -> None:
             path.unlink(missing_ok=True)  # stale
             continue
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+            start = _start_time(os.getpid())
+            fh.write(f"{os.getpid()}" + ("" if start is None else f" {start}"))
         return
     raise RunDirError(f"cannot lock {run_dir}: another process keeps creating {LOCK_FILE}")
 
@@ -327,23 +328,54 @@ def _refuse_if_in_use(run_dir: Path) -> None:
 
 def _held_by_another(path: Path) -> bool:
     owner = _lock_owner(path)
-    return owner is not None and owner != os.getpid() and _alive(owner)
+    return owner is not None and owner != os.getpid() and _alive(owner, _lock_start(path))
+
+
+def _lock_fields(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
 
 
 def _lock_owner(path: Path) -> int | None:
+    fields = _lock_fields(path)
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return int(fields[0])
+    except (IndexError, ValueError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def _lock_start(path: Path) -> int | None:
+    """When the lock's process started (see :func:`_start_time`); None for a lock that does not say."""
+    fields = _lock_fields(path)
+    try:
+        return int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux's /proc/PID/stat, field 22); None where
+    there is no /proc. With the pid it names one process: after a reboot or a container restart, the pid of a
+    dead run's lock may belong to an unrelated live process, which must not keep the run locked."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after the command name start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: int | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        pass
+    if start is not None:
+        now = _start_time(pid)
+        return now is None or now == start  # the pid was reused by a process that started later
     return True
 
 

@@ -193,3 +193,31 @@ def test_an_encoder_given_with_features_auto_is_the_feature_space(tmp_path, monk
     monkeypatch.setattr("synthcl.eval.run.load_run_backbone", encoder_run)
     with pytest.raises(Chosen, match="enc"):
         generator_eval.evaluate_generator(tmp_path, encoder=tmp_path / "enc", features="auto", n=4, quiet=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times come from Linux's /proc")
+def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, one_thread, tiny_recipe):
+    """After a reboot or a container restart a dead run's pid may be a live, unrelated process: the lock
+    records when its process started, so only the process that took it holds it."""
+    from synthcl.errors import RunDirError
+    from synthcl.rundir import LOCK_FILE, _start_time, acquire_lock, release_lock
+    from synthcl.training import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    acquire_lock(run)
+    assert (run / LOCK_FILE).read_text().split() == [str(os.getpid()), str(_start_time(os.getpid()))]
+    release_lock(run)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = _start_time(sleeper.pid)
+        assert started is not None
+        (run / LOCK_FILE).write_text(f"{sleeper.pid} {started}")  # the live process that took the lock
+        with pytest.raises(RunDirError, match=rf"another synthcl process \(pid {sleeper.pid}\)"):
+            train(tiny_recipe(), out=run, quiet=True)
+        (run / LOCK_FILE).write_text(f"{sleeper.pid} {started - 1}")  # its pid, but an earlier process's lock
+        assert train(tiny_recipe(), out=run, quiet=True) == run
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (run / LOCK_FILE).exists()
