@@ -75,6 +75,23 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def train_tiny(folder: Path, **sections: Any) -> Path:
+    """Train the tiny recipe with ``sections`` merged in, from a recipe file in ``folder``; return ``folder/run``."""
+    import yaml
+
+    from synthcl.training import train
+
+    recipe = folder / "recipe-in.yaml"
+    recipe.write_text(yaml.safe_dump(merge(TINY, sections)))
+    return train(recipe, out=folder / "run", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A finished tiny plain run, one per test module (copy it before writing into it)."""
+    return train_tiny(tmp_path_factory.mktemp("plain"), data={"num_workers": 0})
+
+
 @pytest.fixture
 def tiny_recipe():
     """tiny_recipe(**sections) -> a validated Recipe on 128 16-px shapes, 4 steps."""

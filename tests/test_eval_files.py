@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import TINY, merge
+from conftest import TINY, merge, train_tiny
 from test_cli import assert_one_line_error, run_cli, tree_digest
 
 from synthcl.eval.results import CHECKPOINT, SUPERSEDED, combine_probes, merge_result
@@ -18,24 +18,11 @@ from synthcl.training import train
 pytest.importorskip("matplotlib")
 
 
-def _train(folder, **sections):
-    recipe = folder / "recipe-in.yaml"
-    recipe.write_text(yaml.safe_dump(merge(TINY, sections)))
-    run = folder / "run"
-    train(recipe, out=run, quiet=True)
-    return run
-
-
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("plain"), data={"num_workers": 0})
-
-
 @pytest.fixture(scope="module")
 def generator_run(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("gen"), stage="generator",
-                  generator={"name": "gan", "options": {"preset": "tiny"}}, data={"image_size": 28},
-                  train={"max_steps": 2})
+    return train_tiny(tmp_path_factory.mktemp("gen"), stage="generator",
+                      generator={"name": "gan", "options": {"preset": "tiny"}}, data={"image_size": 28},
+                      train={"max_steps": 2})
 
 
 @pytest.fixture

@@ -9,35 +9,20 @@ import sys
 
 import pytest
 import torch
-import yaml
-from conftest import TINY, merge
+from conftest import train_tiny
 from test_cli import assert_one_line_error, run_cli, tree_digest
 from test_synthesis import JOINT
 
 from synthcl.data import TensorImages
 from synthcl.eval.probes import class_balanced_indices
 from synthcl.eval.protocols import check_fractions, held_out_split
-from synthcl.training import train
 
 pytest.importorskip("matplotlib")
 
 
-def _train(folder, **sections):
-    recipe = folder / "recipe-in.yaml"
-    recipe.write_text(yaml.safe_dump(merge(TINY, sections)))
-    run = folder / "run"
-    train(recipe, out=run, quiet=True)
-    return run
-
-
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("plain"), data={"num_workers": 0})
-
-
 @pytest.fixture(scope="module")
 def joint_run(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("joint"), **JOINT)
+    return train_tiny(tmp_path_factory.mktemp("joint"), **JOINT)
 
 
 @pytest.fixture
@@ -104,7 +89,7 @@ def test_report_on_a_joint_run_has_the_synthesis_plots(monkeypatch, capsys, join
 
 
 def test_report_on_a_generator_run(monkeypatch, capsys, tmp_path):
-    run = _train(tmp_path, stage="generator", generator={"name": "gan", "options": {"preset": "tiny"}},
+    run = train_tiny(tmp_path, stage="generator", generator={"name": "gan", "options": {"preset": "tiny"}},
                  data={"image_size": 28}, train={"max_steps": 2})
     (run / "eval-generator.json").write_text(json.dumps(
         {"feature_space": "encoder features", "n": 16, "generator": {"fd": 12.5, "kid": 0.25, "kid_std": 0.01},
