@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -373,6 +375,31 @@ def verdict(ok: bool, *seeds: int) -> str:
     return "met" if ok else "not met"
 
 
+@functools.cache
+def _recipe_precision(name: str) -> str:
+    return load_recipe(name).train.precision
+
+
+def precision(row: dict) -> str:
+    """The learner's precision of a row: its last ``train.precision`` override, else its recipe's own."""
+    value = None
+    for override in row.get("overrides", []):
+        if override.startswith("train.precision="):
+            value = override.split("=", 1)[1]
+    if value is None:
+        value = _recipe_precision(JOINT.get(row.get("generator"), PLAIN) if row["mode"] != "none" else PLAIN)
+    return {"no": "fp32", "false": "fp32"}.get(str(value).lower(), str(value).lower())
+
+
+def numerics(rows: list[dict]) -> dict[tuple[float, str], set[str]]:
+    """The learner precisions of each (fraction, label): rows of another precision are another computation
+    (other rounding, often another machine), so no comparison pairs them."""
+    found: dict[tuple[float, str], set[str]] = {}
+    for r in rows:
+        found.setdefault((r["fraction"], label(r)), set()).add(precision(r))
+    return found
+
+
 def by_seed(rows: list[dict]) -> dict[tuple[float, str], dict[int, dict]]:
     """The rows grouped by (fraction, label), then by seed: the pairing of every paired comparison."""
     groups: dict[tuple[float, str], dict[int, dict]] = {}
@@ -410,7 +437,11 @@ def targets(rows: list[dict], metric: str) -> list[str]:
     """The method's comparisons beyond `none` on ``metric``: joint above static, above matched-views and above
     the best plain run in its minutes (each paired by seed, beyond 2 sd), joint at f against none at 2f (2x
     data efficiency), and the diffusion generator against the GAN."""
-    stats, minutes = summarize(rows, metric), summarize(rows, "train_s")
+    stats, minutes, prec = summarize(rows, metric), summarize(rows, "train_s"), numerics(rows)
+
+    def comparable(f: float, name: str, f2: float, other: str) -> bool:
+        return (f2, other) in stats and prec[(f, name)] == prec[(f2, other)]
+
     lines = []
     for (f, name), (mean, _, n) in sorted(stats.items()):
         if not name.startswith("joint"):
@@ -418,7 +449,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         for control in ("static", "matched-views"):
             twin = name.replace("joint", control, 1)
             base = twin if (f, twin) in stats else control
-            other = stats.get((f, base))
+            other = stats.get((f, base)) if comparable(f, name, f, base) else None
             if other is not None:
                 gap = mean - other[0]
                 lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): "
@@ -426,7 +457,8 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         # The same minutes: plain SimCLR may spend joint's minutes on any number of steps (a `none [...]`
         # variant trained longer, or the default), so joint meets the best plain row that took no more
         # minutes than it did. Plain is known only at the step counts measured: they are listed.
-        plains = {p: v for (f2, p), v in stats.items() if f2 == f and (p == "none" or p.startswith("none ["))}
+        plains = {p: v for (f2, p), v in stats.items()
+                  if f2 == f and (p == "none" or p.startswith("none [")) and comparable(f, name, f, p)}
         if len(plains) > 1:
             budget = minutes[(f, name)][0]
             within = {p: v for p, v in plains.items() if minutes[(f, p)][0] <= budget}
@@ -441,13 +473,15 @@ def targets(rows: list[dict], metric: str) -> list[str]:
             else:
                 lines.append(f"- f={f}: {name} ({budget / 60:.1f} min): no plain run took as few minutes; plain "
                              f"measured at {measured}")
-        double = stats.get((round(2 * f, 6), "none"))
+        double = stats.get((round(2 * f, 6), "none")) if comparable(f, name, round(2 * f, 6), "none") else None
         if double is not None:
             gap = mean - double[0]
             lines.append(f"- data efficiency: {name} at f={f} - none at f={round(2 * f, 6)} = {gap:+.2f} (target >= 0): "
                          f"{verdict(gap >= 0, n, double[2])}")
     for (f, name), (mean, _, n) in sorted(stats.items()):
-        gan = stats.get((f, name.replace(" (diffusion)", ""))) if " (diffusion)" in name and name.startswith("joint") else None
+        gan_name = name.replace(" (diffusion)", "")
+        gan = stats.get((f, gan_name)) if " (diffusion)" in name and name.startswith("joint") and \
+            comparable(f, name, f, gan_name) else None
         if gan is not None:
             gap = mean - gan[0]
             lines.append(f"- f={f}: {name} - joint (gan) = {gap:+.2f} (target >= 0): {verdict(gap >= 0, n, gan[2])}")
@@ -457,7 +491,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
 def paired(rows: list[dict], metric: str) -> list[str]:
     """Each run minus `none` at the same seed: same learner initialisation, image subset, batches and
     augmentations, so the spread that every mode shares cancels."""
-    groups = by_seed(rows)
+    groups, prec = by_seed(rows), numerics(rows)
     lines = []
     for (f, name), group in sorted(groups.items()):
         # Against plain SimCLR (and its twin `none [v]` where plain was trained with the same change, e.g. the
@@ -467,7 +501,7 @@ def paired(rows: list[dict], metric: str) -> list[str]:
         for base in bases:
             other = groups.get((f, base), {})
             seeds = sorted(set(group) & set(other))
-            if name == base or name == "none" or not seeds:
+            if name == base or name == "none" or not seeds or prec[(f, name)] != prec[(f, base)]:
                 continue
             d = [group[s][metric] - other[s][metric] for s in seeds]
             sd = statistics.stdev(d) if len(d) > 1 else 0.0
@@ -592,7 +626,7 @@ def main() -> None:
         parser.error("--collect needs --runs, the folder that holds the finished runs")
     scarce = args.scarce if args.scarce is not None else load_recipe(PLAIN).data.fraction
     machine = describe()
-    command = "python benchmarks/quality.py " + " ".join(a for a in sys.argv[1:] if a != "--collect")
+    command = shlex.join(["python", "benchmarks/quality.py", *(a for a in sys.argv[1:] if a != "--collect")])
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
         store = args.out.with_suffix(".json")

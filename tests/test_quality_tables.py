@@ -406,3 +406,24 @@ def test_a_run_marker_cut_short_is_probed_again_not_a_crash(quality, tmp_path, m
     marker.write_text(marker.read_text()[:20])
     [again] = quality.run_grid(args, tmp_path)
     assert again["key"] == first["key"] and json.loads(marker.read_text())["few"] == 70.0
+
+
+def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
+    """An fp32 variant (`--set/--plain-set train.precision=no`, e.g. trained on a CPU that emulates bf16) meets
+    its own fp32 plain twin only: against the bf16 rows it would compare two computations, not two methods."""
+    fp32 = ["train.precision=no", "train.steps=1500"]
+    rows = ROWS + [row("matched-views", s, 80.5) for s in (0, 1, 2)]
+    rows += [dict(row("none", s, few, variant="fp32"), overrides=fp32) for s, few in ((0, 81.0), (1, 82.0), (2, 83.0))]
+    rows += [dict(row("joint", s, few, variant="fp32"), overrides=fp32) for s, few in ((0, 83.5), (1, 84.0), (2, 85.5))]
+    rows += [dict(row("none", s, 90.0, fraction=0.02, variant="fp32"), overrides=fp32) for s in (0, 1, 2)]
+    assert quality.precision(rows[-1]) == "fp32" and quality.precision(ROWS[0]) == "bf16"
+    lines = quality.paired(rows, "few")
+    assert "| 0.01 | joint [fp32] - none [fp32] | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |" in lines
+    assert not any(" - none |" in line or " - joint |" in line for line in lines if "[fp32]" in line), lines
+    assert "| 0.01 | joint - none | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |" in lines  # bf16 pairs stay
+    # no bf16 control, plain budget or doubled fraction for the fp32 joint (its only plain row is its twin,
+    # in the paired table above); the fp32 rows take no part in the bf16 joint's lines either
+    assert [line for line in quality.targets(rows, "few") if "[fp32]" in line] == []
+    # the bf16 joint still meets its bf16 controls and plain rows, none of the fp32 ones
+    bf16 = [line for line in quality.targets(rows, "few") if line.startswith("- f=0.01: joint (")]
+    assert bf16 and all("fp32" not in line for line in bf16), bf16
