@@ -162,9 +162,11 @@ def read_cached(path: Path) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
-def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dict]:
+def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None, stored: dict[str, dict] | None = None) -> list[dict]:
     """Train (or reuse) every run of the grid; each row trained here is also handed to ``keep`` as soon as it
-    is probed (see :func:`keep_row`)."""
+    is probed (see :func:`keep_row`). ``stored`` (the store's rows by key) are reused too: a row finished in
+    an earlier sitting whose ``--runs`` folder is gone (another machine, a lost session) is not trained again,
+    so a grid can be split across machines by seed."""
     rows = []
     for fraction in args.fractions:
         for mode in args.modes:
@@ -186,6 +188,11 @@ def run_grid(args: argparse.Namespace, runs: Path, keep: Any = None) -> list[dic
                     rows.append(finished | {"variant": variant, "overrides": overrides,
                                             "train_s": minutes_of(out, warm)})
                     print(json.dumps(rows[-1]), flush=True)
+                    continue
+                if key in (stored or {}):
+                    # The same resolved recipe was probed in an earlier sitting whose folder is not here.
+                    rows.append(stored[key] | {"variant": variant, "overrides": overrides})
+                    print(f"stored row reused: {out.name}", flush=True)
                     continue
                 if args.collect:
                     print(f"not finished, left out: {out}", flush=True)
@@ -630,7 +637,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
         store = args.out.with_suffix(".json")
-        rows = run_grid(args, runs, keep=lambda row: keep_row(store, row))
+        stored = {r["key"]: r for r in read_store(store).get("rows", []) if "key" in r}
+        rows = run_grid(args, runs, keep=lambda row: keep_row(store, row), stored=stored)
         previous = read_store(store)  # written whole (atomic replace): read without the lock
         # rows of an earlier protocol (no resolved-recipe key) are not this benchmark's: dropped
         merged = {r["key"]: r for r in previous.get("rows", []) if "key" in r} | {r["key"]: r for r in rows}

@@ -427,3 +427,27 @@ def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
     # the bf16 joint still meets its bf16 controls and plain rows, none of the fp32 ones
     bf16 = [line for line in quality.targets(rows, "few") if line.startswith("- f=0.01: joint (")]
     assert bf16 and all("fp32" not in line for line in bf16), bf16
+
+
+def test_a_stored_row_is_reused_when_its_runs_folder_is_gone(quality, tmp_path, monkeypatch):
+    """A grid split across machines or sittings: the row of seed 0, probed elsewhere and kept in the store,
+    is not trained again in a fresh --runs folder; only the seeds the store lacks are."""
+    import argparse
+
+    trained = []
+
+    def fake_train(recipe, out, overwrite, quiet, overrides, resume):
+        trained.append(out.name)
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "probe", lambda out: {"few": 70.0, "knn": 71.0, "linear": 72.0, "few_sd": 0.1})
+    args = argparse.Namespace(fractions=[0.01], modes=["none"], seeds=[0], generator="gan", variant="default",
+                              set=[], plain_set=[], collect=False)
+    store = tmp_path / "results" / "quality.json"
+    first = quality.run_grid(args, tmp_path / "machine-a", keep=lambda row: quality.keep_row(store, row))
+    assert len(trained) == 1
+    stored = {r["key"]: r for r in quality.read_store(store)["rows"]}
+    args.seeds = [0, 1]
+    later = quality.run_grid(args, tmp_path / "machine-b", stored=stored)  # machine-a's folder is not here
+    assert len(trained) == 2 and trained[1].endswith(later[1]["key"]) and later[0] == first[0]
