@@ -80,3 +80,12 @@ def read_json(path: str | Path, limit: int = MAX_SMALL_FILE) -> Any:
         return json.loads(read_small_text(path, limit))
     except RecursionError:
         raise ValueError(f"{path} is nested too deeply to be a run file") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A small JSON file holding an object, or None where it is missing, unreadable or holds anything else."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

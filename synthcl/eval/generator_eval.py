@@ -22,7 +22,7 @@ from synthcl.eval.results import (
     write_merged,
 )
 from synthcl.interfaces import Generator
-from synthcl.io import read_json
+from synthcl.io import read_json_object
 from synthcl.rundir import STATUS_FILE, require_run_dir
 
 FeatureSpace = Literal["auto", "inception", "encoder"]
@@ -126,8 +126,4 @@ def evaluate_generator(
 
 def _run_step(run_dir: Path) -> int | None:
     """The run's step as ``run.json`` says (informative: the weights' digest decides what is current)."""
-    try:
-        status = read_json(run_dir / STATUS_FILE)
-    except (OSError, ValueError):
-        return None
-    return status.get("step") if isinstance(status, dict) else None
+    return (read_json_object(run_dir / STATUS_FILE) or {}).get("step")

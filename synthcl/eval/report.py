@@ -33,7 +33,7 @@ from synthcl._version import __version__
 from synthcl.config import read_run_recipe, uses_generator
 from synthcl.errors import RunDirError, SynthclError
 from synthcl.eval.results import MEASUREMENTS, is_number
-from synthcl.io import default_mode, read_json, save_figure
+from synthcl.io import default_mode, read_json_object, save_figure
 from synthcl.rundir import METRICS_FILE, STATUS_FILE, require_run_dir
 
 REPORT_DIR = "report"
@@ -128,14 +128,6 @@ def read_metrics(path: Path) -> dict[str, list[float]]:
 
 def _has_data(metrics: dict[str, list[float]], column: str) -> bool:
     return any(not math.isnan(v) for v in metrics.get(column, []))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _last(values: list[float]) -> float:
@@ -305,7 +297,7 @@ def _evaluation(run_dir: Path, out: Path) -> tuple[list[str], list[Path]]:
         path = run_dir / name
         if not path.is_file():
             return None
-        data = _read_json(path)
+        data = read_json_object(path)
         if data is None or not shape_ok(data):
             unreadable.append(name)
             return None
@@ -445,7 +437,7 @@ def _fraction_table(results: list[dict[str, Any]]) -> list[str]:
 def _build(run_dir: Path, out: Path) -> list[Path]:
     """Write report.md and its PNGs into ``out``; return the files written."""
     recipe = read_run_recipe(run_dir)
-    status = _read_json(run_dir / STATUS_FILE) or {}
+    status = read_json_object(run_dir / STATUS_FILE) or {}
     metrics = read_metrics(run_dir / METRICS_FILE)
     generator_run = recipe.stage == "generator"
     synthesis = (not generator_run) and uses_generator(recipe.synthesis.mode)

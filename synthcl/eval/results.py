@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from synthcl.io import atomic_write_json, read_json
+from synthcl.io import atomic_write_json, read_json_object
 
 CHECKPOINT = "checkpoint"
 SUPERSEDED = "superseded"
@@ -51,18 +51,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _read_previous(path: Path) -> dict[str, Any] | None:
-    """The file's contents, or None where there is none or it is not a JSON object: a corrupt file holds no
-    result to keep, and the new result replaces it."""
-    if not path.is_file():
-        return None
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _why_stale(previous: Any, new: dict[str, Any], same_settings: bool) -> str:
     if not isinstance(previous, dict) or "weights" not in previous:
         return "measured on weights it does not record (an older synthcl wrote it)"
@@ -86,7 +74,7 @@ def merge_result(
     None (it does where the previous contents are not in the expected shape). Otherwise they are stale: they
     go, whole, to the front of the ``"superseded"`` list, and the top level is ``new``.
     """
-    previous = _read_previous(path)
+    previous = read_json_object(path)  # a corrupt file holds no result to keep: the new one replaces it
     if previous is None:
         return dict(new)
     history = previous.pop(SUPERSEDED, [])

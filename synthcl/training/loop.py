@@ -100,7 +100,7 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     #     start says so before its folder is created or changed.
     t = recipe.train
     source = load_train_source(recipe)
-    check_batches_fit(recipe, source, check_launch_environment(t.cpu))
+    steps_per_epoch = check_batches_fit(recipe, source, check_launch_environment(t.cpu))
     # 1b. The generator's warm-up inside the run (generator.pretrain_steps), then the run directory.
     recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet)
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
@@ -110,7 +110,7 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     accelerator.wait_for_everyone()
 
     # 2.-3. Data, augmentation, model, optimizer, schedule, synthesizer; only then the old run is set aside.
-    run = _build_run(recipe, build_recipe, accelerator, source)
+    run = _build_run(recipe, build_recipe, accelerator, source, steps_per_epoch)
     if main and overwrite:
         clear_old_run(run_dir)
     # 4. Resume: weights, optimizer, schedule and synthesis state from checkpoints/last.
@@ -214,14 +214,11 @@ def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: b
     return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet), True, False  # the folder is this run's now
 
 
-def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any, source: Any = None) -> _Run:
-    """Steps 2 and 3: the (fraction of the) training set (``source``, loaded here if not given), device-resident
-    when it fits; the augmentations; the learner with the same initial weights on every process; optimizer,
+def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any, source: Any, steps_per_epoch: int) -> _Run:
+    """Steps 2 and 3: the (fraction of the) training set (``source``, checked by step 1a), device-resident when
+    it fits; the augmentations; the learner with the same initial weights on every process; optimizer,
     schedule and synthesizer."""
     t, o, sy, device = recipe.train, recipe.optim, recipe.synthesis, accelerator.device
-    if source is None:
-        source = load_train_source(recipe)
-    steps_per_epoch = check_batches_fit(recipe, source, accelerator.num_processes)
     total_steps = schedule_steps(t, steps_per_epoch)
     mean, std = channel_stats(source)
     augment = build_augment(recipe.augment, source, mean, std).to(device)
