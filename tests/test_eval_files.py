@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY, merge, train_tiny
 from test_cli import assert_one_line_error, run_cli, tree_digest
 
-from synthcl.eval.results import CHECKPOINT, SUPERSEDED, combine_probes, merge_result
+from synthcl.eval.results import CHECKPOINT, SUPERSEDED, combine_probes, merge_result, update_result
 from synthcl.training import train
 
 pytest.importorskip("matplotlib")
@@ -155,6 +155,35 @@ def test_merge_result_keeps_what_it_cannot_merge(tmp_path, capsys):
     assert merge_result(path, new, context=("init",), combine=combine_probes, quiet=True) == {
         **new, "linear_top1": 2.0, "seconds": 3.0}
 
+
+
+def test_two_evaluations_of_one_run_at_once_both_land(tmp_path):
+    """Two ``synthcl eval`` processes on one run (kNN and linear side by side): the second must merge into
+    the first one's file, not write over it from what the file held before the first one wrote."""
+    import threading
+
+    path = tmp_path / "eval.json"
+    weights = {CHECKPOINT: {"weights": "a"}, "init": "trained"}
+    path.write_text(json.dumps({**weights, "few_label_top1": 3.0, "seconds": 1.0}))
+    inside, second_done = threading.Event(), threading.Event()
+
+    def slow_combine(previous, new):
+        inside.set()  # the first evaluation has read the file and is merging
+        second_done.wait(timeout=1.0)  # unlocked, the second one reads, merges and writes meanwhile
+        return combine_probes(previous, new)
+
+    first = threading.Thread(target=update_result, args=(path, {**weights, "knn_top1": 1.0, "seconds": 1.0}),
+                             kwargs={"context": ("init",), "combine": slow_combine, "quiet": True})
+    first.start()
+    assert inside.wait(timeout=10)
+    update_result(path, {**weights, "linear_top1": 2.0, "seconds": 1.0}, context=("init",), combine=combine_probes,
+                  quiet=True)
+    second_done.set()
+    first.join(timeout=10)
+    held = json.loads(path.read_text())
+    assert (held["few_label_top1"], held["knn_top1"], held["linear_top1"]) == (3.0, 1.0, 2.0)
+    assert held["seconds"] == 3.0 and SUPERSEDED not in held
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]  # no lock file left in the run folder
 
 # -- finding 3: the report skips wrong-shaped files ---------------------------------------------------------
 

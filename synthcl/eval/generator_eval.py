@@ -18,8 +18,7 @@ from synthcl.eval.results import (
     combine_measurements,
     fingerprint,
     measurement_of,
-    merge_result,
-    write_merged,
+    update_result,
 )
 from synthcl.interfaces import Generator
 from synthcl.io import read_json_object
@@ -120,7 +119,7 @@ def evaluate_generator(
     result["seconds"] = round(time.perf_counter() - start, 1)
     result[MEASUREMENTS] = [measurement_of(result)]
     path = run_dir / ("eval-generator.json" if init == "trained" else "eval-generator-random.json")
-    write_merged(path, merge_result(path, result, context=("init",), combine=combine_measurements, quiet=quiet))
+    update_result(path, result, context=("init",), combine=combine_measurements, quiet=quiet)
     return result
 
 

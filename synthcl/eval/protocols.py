@@ -30,7 +30,7 @@ from synthcl.config import read_run_recipe
 from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
 from synthcl.eval.probes import extract_features, knn_accuracy, label_subset_probe
-from synthcl.eval.results import CHECKPOINT, combine_fractions, merge_result, write_merged
+from synthcl.eval.results import CHECKPOINT, combine_fractions, update_result
 from synthcl.eval.run import Init, load_run_backbone, run_device, run_features, weights_measured
 from synthcl.registry import DATASETS
 
@@ -143,9 +143,11 @@ def evaluate_efficiency(
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = _result_path(run_dir, "eval-efficiency", init)
-    merged = merge_result(path, result, context=EFFICIENCY_CONTEXT, combine=combine_fractions, quiet=quiet)
-    result["plot"] = merged["plot"] = _plot_next_to(path, merged, quiet)
-    write_merged(path, merged)
+
+    def plot(merged: dict[str, Any]) -> None:
+        result["plot"] = merged["plot"] = _plot_next_to(path, merged, quiet)
+
+    update_result(path, result, context=EFFICIENCY_CONTEXT, combine=combine_fractions, quiet=quiet, finish=plot)
     return result
 
 
@@ -256,5 +258,5 @@ def evaluate_transfer(
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = _result_path(run_dir, f"eval-transfer-{_file_safe(dataset)}", init)
-    write_merged(path, merge_result(path, result, context=TRANSFER_CONTEXT, combine=combine_fractions, quiet=quiet))
+    update_result(path, result, context=TRANSFER_CONTEXT, combine=combine_fractions, quiet=quiet)
     return result

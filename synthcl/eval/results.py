@@ -7,15 +7,19 @@ file's results were measured on the same weights with the same settings: another
 space or sample count in ``eval-generator.json``. Results measured on other weights (the run was resumed and
 trained further since), or written before weights were recorded, are stale: they are moved, whole, into the
 file's ``"superseded"`` list, which nothing reports, and the file's top level holds only current results.
-Nothing already measured is deleted.
+Nothing already measured is deleted. The read, merge and write of :func:`update_result` hold a lock on the
+run folder, so two ``synthcl eval`` processes on one run (a kNN and a linear probe started side by side)
+both land in the file instead of the later write dropping the earlier result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +71,7 @@ def merge_result(
     combine: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None],
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """``new`` merged into what ``path`` holds (not written; see :func:`write_merged`).
+    """``new`` merged into what ``path`` holds (not written; see :func:`update_result`).
 
     The previous contents are merged by ``combine(previous, new)`` when they carry the same
     ``"checkpoint"`` and the same values of the ``context`` keys as ``new``, and ``combine`` does not return
@@ -93,8 +97,41 @@ def merge_result(
     return merged
 
 
-def write_merged(path: Path, merged: dict[str, Any]) -> None:
-    atomic_write_json(path, merged)
+@contextlib.contextmanager
+def folder_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (``flock`` on the directory: no lock file is left in a
+    run folder). Where directories cannot be locked (not POSIX) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_result(
+    path: Path,
+    new: dict[str, Any],
+    *,
+    context: Sequence[str],
+    combine: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None],
+    quiet: bool = False,
+    finish: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Merge ``new`` into ``path`` (see :func:`merge_result`) and write it, under the folder's lock; returns
+    what was written. ``finish(merged)`` completes the merged result before it is written (the efficiency
+    plot, drawn from every fraction the file holds)."""
+    with folder_locked(path.parent):
+        merged = merge_result(path, new, context=context, combine=combine, quiet=quiet)
+        if finish is not None:
+            finish(merged)
+        atomic_write_json(path, merged)
+    return merged
 
 
 def _seconds(previous: dict[str, Any], new: dict[str, Any]) -> Any:

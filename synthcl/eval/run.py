@@ -16,7 +16,7 @@ from synthcl.config import read_run_recipe
 from synthcl.data import load_dataset
 from synthcl.errors import CheckpointError, ConfigError, RegistryError, RunDirError
 from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy, linear_probe
-from synthcl.eval.results import CHECKPOINT, combine_probes, fingerprint, merge_result, write_merged
+from synthcl.eval.results import CHECKPOINT, combine_probes, fingerprint, update_result
 from synthcl.io import read_json
 from synthcl.nn.backbones import build_backbone
 from synthcl.rundir import LAST, require_run_dir
@@ -135,7 +135,7 @@ def evaluate_run(
         result.update(few_label_probe(x_train, y_train, x_test, y_test, e))
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = run_dir / ("eval.json" if init == "trained" else f"eval-{init}.json")
-    write_merged(path, merge_result(path, result, context=PROBE_CONTEXT, combine=combine_probes, quiet=quiet))
+    update_result(path, result, context=PROBE_CONTEXT, combine=combine_probes, quiet=quiet)
     return result
 
 
