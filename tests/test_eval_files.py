@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -27,8 +28,8 @@ def generator_run(tmp_path_factory):
 
 @pytest.fixture
 def copy_of(tmp_path):
-    def make(run):
-        return shutil.copytree(run, tmp_path / "run")
+    def make(run, name="run"):
+        return shutil.copytree(run, tmp_path / name)
     return make
 
 
@@ -184,6 +185,28 @@ def test_two_evaluations_of_one_run_at_once_both_land(tmp_path):
     assert (held["few_label_top1"], held["knn_top1"], held["linear_top1"]) == (3.0, 1.0, 2.0)
     assert held["seconds"] == 3.0 and SUPERSEDED not in held
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]  # no lock file left in the run folder
+
+
+def test_the_floors_of_a_run_stopped_before_its_first_checkpoint(monkeypatch, capsys, plain_run, copy_of):
+    """Random init and raw pixels need no trained weights: run.json's description (written at the first
+    step) rebuilds the backbone and its standardisation; the trained protocol still needs a checkpoint."""
+    import shutil
+
+    finished, stopped = copy_of(plain_run), copy_of(plain_run, "stopped")
+    shutil.rmtree(stopped / "checkpoints")
+    for name in ("backbone.json", "backbone.safetensors"):
+        (stopped / name).unlink()
+    status = _json(stopped / "run.json")
+    (stopped / "run.json").write_text(json.dumps(status | {"status": "running", "step": 0}))
+    for init in ("random", "pixels"):
+        for run in (finished, stopped):
+            code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--init", init, "--protocol", "knn", "-q")
+            assert code == 0, err
+        # the same floor as the finished run's: the same backbone at seed 0, the same standardisation
+        assert _json(stopped / f"eval-{init}.json") == _json(finished / f"eval-{init}.json") | {
+            "seconds": ANY, "run_dir": str(stopped)}
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(stopped), "--protocol", "knn", "-q")
+    assert code == 2 and "has no checkpoint yet" in err
 
 # -- finding 3: the report skips wrong-shaped files ---------------------------------------------------------
 

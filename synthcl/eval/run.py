@@ -19,7 +19,7 @@ from synthcl.eval.probes import extract_features, few_label_probe, knn_accuracy,
 from synthcl.eval.results import CHECKPOINT, combine_probes, fingerprint, update_result
 from synthcl.io import read_json
 from synthcl.nn.backbones import build_backbone
-from synthcl.rundir import LAST, require_run_dir
+from synthcl.rundir import LAST, STATUS_FILE, require_run_dir
 from synthcl.weights import load_weights
 
 Protocol = Literal["linear", "knn", "few-label", "all"]
@@ -53,7 +53,8 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
     ``init="pixels"``: no encoder at all, the standardised images flattened).
 
     Uses the final export (``backbone.json``/``backbone.safetensors``), or the ``last`` checkpoint of a
-    run that has not finished.
+    run that has not finished; the floors (``random``, ``pixels``) of a run stopped before its first
+    checkpoint use the description in its ``run.json``.
 
     Raises:
         RunDirError: if ``run_dir`` is not a run, or has no weights yet.
@@ -71,11 +72,12 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
         info, weights, prefix = export, run_dir / "backbone.safetensors", ""
     elif meta is not None:
         info, weights, prefix = meta, checkpoint / "weights.safetensors", "backbone."
+    elif init != "trained" and _described(status := _read_json(run_dir / STATUS_FILE) or {}):
+        # The floors need no trained weights: the description run.json holds from the first step on will do.
+        info, weights, prefix = status, None, ""
     else:
         raise RunDirError(f"run {run_dir} has no checkpoint yet; train it further or resume it")
-    described = (isinstance(info.get("backbone"), str) and isinstance(info.get("options"), dict)
-                 and isinstance(info.get("in_channels"), int) and isinstance(info.get("normalization"), dict))
-    if not described:
+    if not _described(info):
         raise CheckpointError(f"{run_dir}: the backbone description is incomplete or damaged; retrain or resume the run")
     if init == "pixels":
         return nn.Flatten(), info
@@ -86,8 +88,15 @@ def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, 
         raise CheckpointError(f"{run_dir}: the backbone description is damaged ({err})") from None
     if init == "random":
         return backbone, info
+    assert weights is not None
     load_weights(backbone, weights, prefix)
     return backbone, info
+
+
+def _described(info: dict[str, Any]) -> bool:
+    """Whether ``info`` says how to rebuild the backbone and standardise its input."""
+    return (isinstance(info.get("backbone"), str) and isinstance(info.get("options"), dict)
+            and isinstance(info.get("in_channels"), int) and isinstance(info.get("normalization"), dict))
 
 
 def evaluate_run(
