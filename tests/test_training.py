@@ -142,6 +142,25 @@ def test_distributed_launch_trains_on_two_cpu_processes(tmp_path, tiny_recipe_fi
     assert status["status"] == "completed" and status["processes"] == 2
 
 
+
+def test_a_refusal_on_the_main_process_ends_every_process_with_its_line(tmp_path, tiny_recipe_file):
+    """The folder's checks run on the main process only; the other process must stop with the same line
+    instead of waiting at the next collective (where only a launcher that tears the job down ends it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "synthcl", "train", str(tiny_recipe_file()), "--out", str(out), "-q"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and lines[0] == lines[1] and str(out) in lines[0], result.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path, tiny_recipe):
     run = train(tiny_recipe(train={"precision": "bf16"}), out=tmp_path / "run", quiet=True)
     rows = list(csv.DictReader(open(run / "metrics.csv")))

@@ -7,8 +7,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,6 +23,7 @@ from synthcl.registry import GENERATORS, LEARNERS
 from synthcl.synthesis.engine import Synthesizer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 EXPORT = "generator"
 """The folder of a generator run that holds the generator in ``save_pretrained`` format."""
 
@@ -43,6 +45,32 @@ def make_accelerator(**kwargs: Any) -> Any:
     if kwargs.get("mixed_precision") == "bf16":
         warn_if_bf16_emulated(accelerator.device, "train.precision: bf16", "train.precision=no")
     return accelerator
+
+
+
+def agreed(accelerator: Any, work: Callable[[], T]) -> T:
+    """``work()`` on every process (a process may do nothing in it: the checks of a run's files run on the main
+    process only); a :class:`~synthcl.errors.SynthclError` raised on any process is raised on all of them.
+
+    Without this, a refusal on the main process (a folder that is not a run, a damaged metrics.csv) ends
+    that process while the others wait at the next collective: a launcher that does not tear the job down
+    (one process per task under a scheduler) keeps them waiting until the collective's timeout.
+    """
+    try:
+        result, failure = work(), None
+    except SynthclError as err:
+        result, failure = None, err
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        failures = gather_object([None if failure is None else (type(failure), str(failure))])
+        first = next((f for f in failures if f is not None), None)
+        if failure is None and first is not None:
+            kind, message = first
+            raise (kind if issubclass(kind, SynthclError) else SynthclError)(message)
+    if failure is not None:
+        raise failure
+    return result  # type: ignore[return-value]
 
 
 def check_launch_environment(cpu: bool) -> int:

@@ -27,6 +27,7 @@ from synthcl.rundir import (
     write_status,
 )
 from synthcl.training.build import (
+    agreed,
     build_augment,
     build_learner,
     build_synthesizer,
@@ -105,9 +106,9 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet)
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
-    if main:
-        recipe = prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
-    accelerator.wait_for_everyone()
+    # A refusal on the main process (the folder's checks) ends every process, not only the main one.
+    recipe = agreed(accelerator, lambda: prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+                    if main else recipe)
 
     # 2.-3. Data, augmentation, model, optimizer, schedule, synthesizer; only then the old run is set aside.
     run = _build_run(recipe, build_recipe, accelerator, source, steps_per_epoch)
@@ -129,7 +130,8 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
             drop_replaced_run(run_dir)  # --overwrite: the old run goes once this one can be resumed
         accelerator.wait_for_everyone()
 
-    session = _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet)  # checks metrics.csv
+    # The session checks metrics.csv on the main process: its refusal, too, ends every process.
+    session = agreed(accelerator, lambda: _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet))
     if main:  # after every check of the resumed run's files: a refused resume leaves recipe.yaml as it was
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     learner_step = _learner_step(recipe, run, learner, unwrapped, optimizer, accelerator)
