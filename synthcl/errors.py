@@ -48,7 +48,15 @@ class RunInUseError(RunDirError):
 
 
 class TrainingDiverged(SynthclError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint is kept.
+
+    ``what`` says what diverged and ``advice`` what to change, each without the checkpoint's path, for a
+    caller that words the message anew (a warm-up whose checkpoint is removed with the run it belonged to).
+    """
+
+    def __init__(self, message: str, *, what: str = "", advice: str = "") -> None:
+        super().__init__(message)
+        self.what, self.advice = what or message, advice
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

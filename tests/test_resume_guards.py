@@ -99,6 +99,26 @@ def test_ctrl_c_during_the_warm_up_of_an_overwrite_into_a_new_folder_says_to_sta
     assert not any(run.iterdir())
 
 
+
+def test_a_diverging_warm_up_of_an_overwrite_keeps_the_old_run_and_names_no_removed_checkpoint(
+        tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
+    """The warm-up's last good checkpoint is removed with the new run when the old one is put back: the
+    message says the old run was kept, and names no checkpoint that is gone."""
+    from generators.gan import GAN
+
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(run), "-q")[0] == 0
+    before = tree_digest(run)
+    joint = tiny_recipe_file(**merge(JOINT, {"generator": {"pretrain_steps": 4}}))
+    with monkeypatch.context() as patch:
+        patch.setattr(GAN, "realism_loss", lambda self, fake, real, generator=None: fake.sum() * float("nan"))
+        code, _, err = run_cli(monkeypatch, capsys, "train", str(joint), "--out", str(run), "--overwrite", "-q")
+    assert_one_line_error(code, err, f"the generator's warm-up diverged: ")
+    assert f"the previous run in {run} was kept" in err
+    assert "checkpoint" not in err and "generator-pretrain" not in err
+    assert tree_digest(run) == before  # the old run, put back byte for byte
+    assert not (run / ".replaced").exists() and not (run / ".lock").exists()
+
 def test_ctrl_c_at_the_first_learner_step_of_an_overwrite_checkpoints_first_so_resume_works(
         tmp_path, one_thread, tiny_recipe, monkeypatch):
     """The learner loop checkpoints before it stops, which drops the old run: its --resume advice holds."""

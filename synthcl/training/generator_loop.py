@@ -15,7 +15,7 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
-from synthcl.errors import ConfigError, DataError
+from synthcl.errors import ConfigError, DataError, TrainingDiverged
 from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import (
@@ -192,14 +192,16 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
             with lock_released_on_error(folder):
                 train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
                                 overwrite=False, quiet=quiet)
+        except TrainingDiverged as err:
+            kept = _kept_by_overwrite(run_dir)
+            if kept is None:
+                raise
+            # Its last good checkpoint goes with the new run's files: the message must not name it.
+            raise TrainingDiverged(f"the generator's warm-up diverged: {err.what}; {kept}"
+                                   + (f". {err.advice}" if err.advice else "")) from None
         except RunInterrupted:
-            aside = run_dir / REPLACED
-            if aside.is_dir():
-                # --overwrite, before the new run's first learner checkpoint: the caller's lock_released_on_error
-                # puts the earlier run back (and removes this one, its warm-up included), so --resume could only
-                # fail on another recipe or continue the earlier run.
-                kept = (f"the previous run in {run_dir} was kept" if any(aside.iterdir())
-                        else f"the new run's files in {run_dir} were removed")
+            kept = _kept_by_overwrite(run_dir)
+            if kept is not None:
                 raise RunInterrupted(
                     f"interrupted while warming the generator up, before the new run's first checkpoint; {kept}; "
                     f"start again with: synthcl train ... --out {run_dir} --overwrite"
@@ -209,6 +211,17 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
                 f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
             ) from None
     return dataclasses.replace(recipe, generator=dataclasses.replace(recipe.generator, pretrained=str(folder)))
+
+
+def _kept_by_overwrite(run_dir: Path) -> str | None:
+    """What an ``--overwrite`` run that stops before its first learner checkpoint leaves in ``run_dir`` (the
+    caller's lock_released_on_error puts the earlier run back and removes this one, its warm-up included, so
+    --resume could only fail on another recipe or continue the earlier run); None without ``--overwrite``."""
+    aside = run_dir / REPLACED
+    if not aside.is_dir():
+        return None
+    return (f"the previous run in {run_dir} was kept" if any(aside.iterdir())
+            else f"the new run's files in {run_dir} were removed")
 
 
 def _read_status(path: Path) -> str | None:

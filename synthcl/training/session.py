@@ -203,14 +203,15 @@ class RunSession:
         message = self.failure() if self.failure else None
         if message is not None:
             self.write_status("diverged", self.last_good, diverged_at=None)
-            raise TrainingDiverged(f"{message}; stopped. Last good checkpoint: {self.where()}")
+            raise TrainingDiverged(f"{message}; stopped. Last good checkpoint: {self.where()}", what=message)
         first = self.reduce(self._bad_step.clone(), "max") if self.reduce else self._bad_step
         if int(first) >= 0:
             self.write_status("diverged", self.last_good, diverged_at=int(first))
             label, hint = self.divergence
             values = "/".join(f"{float(v):.4g}" for v in self._bad_values)
-            raise TrainingDiverged(f"{label} became {values} at step {int(first)}; stopped. "
-                                   f"Last good checkpoint: {self.where()}. {hint}")
+            what = f"{label} became {values} at step {int(first)}"
+            raise TrainingDiverged(f"{what}; stopped. Last good checkpoint: {self.where()}. {hint}",
+                                   what=what, advice=hint)
 
     def log_due(self, done: int) -> bool:
         return done % self.log_every == 0 or done == self.run_steps
