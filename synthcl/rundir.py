@@ -43,7 +43,7 @@ RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds a run to read (evaluate, resume, report): a recipe and a status file."""
-    return (path / RECIPE_FILE).is_file() and (path / STATUS_FILE).is_file()
+    return run_dir_problem(path) is None
 
 
 def run_dir_problem(path: Path) -> str | None:
@@ -327,32 +327,23 @@ def _refuse_if_in_use(run_dir: Path) -> None:
 
 
 def _held_by_another(path: Path) -> bool:
-    owner = _lock_owner(path)
-    return owner is not None and owner != os.getpid() and _alive(owner, _lock_start(path))
+    owner, start = _lock_record(path)  # one read: the pid and its start time from the same lock
+    return owner is not None and owner != os.getpid() and _alive(owner, start)
 
 
-def _lock_fields(path: Path) -> list[str]:
+def _lock_record(path: Path) -> tuple[int | None, int | None]:
+    """The lock's process id and when that process started (see :func:`_start_time`), each None where the
+    lock does not say (no lock, an older synthcl's lock without the start time, a damaged file)."""
     try:
-        return path.read_text().split()
+        fields = path.read_text().split()
     except OSError:
-        return []
+        return None, None
+    pid, start = (int(f) if f.isdigit() else None for f in (fields + ["", ""])[:2])
+    return pid, start
 
 
 def _lock_owner(path: Path) -> int | None:
-    fields = _lock_fields(path)
-    try:
-        return int(fields[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def _lock_start(path: Path) -> int | None:
-    """When the lock's process started (see :func:`_start_time`); None for a lock that does not say."""
-    fields = _lock_fields(path)
-    try:
-        return int(fields[1])
-    except (IndexError, ValueError):
-        return None
+    return _lock_record(path)[0]
 
 
 def _start_time(pid: int) -> int | None:
