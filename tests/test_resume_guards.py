@@ -113,7 +113,7 @@ def test_a_diverging_warm_up_of_an_overwrite_keeps_the_old_run_and_names_no_remo
     with monkeypatch.context() as patch:
         patch.setattr(GAN, "realism_loss", lambda self, fake, real, generator=None: fake.sum() * float("nan"))
         code, _, err = run_cli(monkeypatch, capsys, "train", str(joint), "--out", str(run), "--overwrite", "-q")
-    assert_one_line_error(code, err, f"the generator's warm-up diverged: ")
+    assert_one_line_error(code, err, "the generator's warm-up diverged: ")
     assert f"the previous run in {run} was kept" in err
     assert "checkpoint" not in err and "generator-pretrain" not in err
     assert tree_digest(run) == before  # the old run, put back byte for byte
