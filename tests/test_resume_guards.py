@@ -104,14 +104,16 @@ def test_a_diverging_warm_up_of_an_overwrite_keeps_the_old_run_and_names_no_remo
         tmp_path, one_thread, tiny_recipe_file, monkeypatch, capsys):
     """The warm-up's last good checkpoint is removed with the new run when the old one is put back: the
     message says the old run was kept, and names no checkpoint that is gone."""
-    from generators.gan import GAN
+    from synthcl.registry import GENERATORS, load_builtins
 
+    load_builtins()
+    gan = GENERATORS.get("gan")
     run = tmp_path / "run"
     assert run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), "--out", str(run), "-q")[0] == 0
     before = tree_digest(run)
     joint = tiny_recipe_file(**merge(JOINT, {"generator": {"pretrain_steps": 4}}))
     with monkeypatch.context() as patch:
-        patch.setattr(GAN, "realism_loss", lambda self, fake, real, generator=None: fake.sum() * float("nan"))
+        patch.setattr(gan, "realism_loss", lambda self, fake, real, generator=None: fake.sum() * float("nan"))
         code, _, err = run_cli(monkeypatch, capsys, "train", str(joint), "--out", str(run), "--overwrite", "-q")
     assert_one_line_error(code, err, "the generator's warm-up diverged: ")
     assert f"the previous run in {run} was kept" in err
