@@ -336,9 +336,9 @@ def _lock_record(path: Path) -> tuple[int | None, int | None]:
     lock does not say (no lock, an older synthcl's lock without the start time, a damaged file)."""
     try:
         fields = path.read_text().split()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not text
         return None, None
-    pid, start = (int(f) if f.isdigit() else None for f in (fields + ["", ""])[:2])
+    pid, start = (int(f) if f.isascii() and f.isdecimal() else None for f in (fields + ["", ""])[:2])
     return pid, start
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
@@ -186,6 +187,27 @@ def test_two_evaluations_of_one_run_at_once_both_land(tmp_path):
     assert held["seconds"] == 3.0 and SUPERSEDED not in held
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]  # no lock file left in the run folder
 
+
+
+@pytest.mark.parametrize("failing", ["open", "flock"])
+def test_a_folder_that_cannot_be_locked_still_gets_the_result(tmp_path, monkeypatch, failing):
+    """A filesystem without flock (some network and FUSE ones), or a folder that cannot be opened for
+    reading: the evaluation is finished, so it is written unlocked rather than lost."""
+    import fcntl
+    import os
+
+    def refuse(*args, **kwargs):
+        raise OSError(37, "No locks available")
+
+    if failing == "open":
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, *a, **k: refuse() if Path(path) == tmp_path else real_open(path, *a, **k))
+    else:
+        monkeypatch.setattr(fcntl, "flock", refuse)
+    path = tmp_path / "eval.json"
+    new = {"init": "trained", CHECKPOINT: {"weights": "a"}, "knn_top1": 1.0, "seconds": 1.0}
+    assert update_result(path, new, context=("init",), combine=combine_probes, quiet=True) == new
+    assert json.loads(path.read_text()) == new
 
 def test_the_floors_of_a_run_stopped_before_its_first_checkpoint(monkeypatch, capsys, plain_run, copy_of):
     """Random init and raw pixels need no trained weights: run.json's description (written at the first

@@ -221,3 +221,18 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, one_
         sleeper.kill()
         sleeper.wait()
     assert not (run / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ["²", "abc def", "-5 7", "12x", b"\xff\xfe\x00", ""],
+                         ids=["superscript", "words", "negative", "suffix", "binary", "empty"])
+def test_a_damaged_lock_file_is_taken_over_not_a_crash(tmp_path, content):
+    """A lock whose content names no process (damaged, or written by something else) holds nothing."""
+    from synthcl.rundir import LOCK_FILE, acquire_lock, held_elsewhere, release_lock
+
+    path = tmp_path / LOCK_FILE
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert held_elsewhere(tmp_path) is None
+    acquire_lock(tmp_path)
+    assert path.read_text().split()[0] == str(os.getpid())
+    release_lock(tmp_path)
+    assert not path.exists()

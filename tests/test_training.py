@@ -295,3 +295,29 @@ def test_training_checks_the_launch_environment_before_building_the_accelerator(
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     with pytest.raises(SynthclError, match="OMP_NUM_THREADS"):
         train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize("kind", [PermissionError, "RunDirError", "needs-two-arguments"])
+def test_every_process_raises_the_failure_of_another(monkeypatch, kind):
+    """agreed(): a process whose own work went well raises what failed on another, as one synthcl line."""
+    import accelerate.utils
+
+    from synthcl.errors import RunDirError, SynthclError
+    from synthcl.training.build import agreed
+
+    class NeedsTwo(SynthclError):
+        def __init__(self, message, extra):
+            super().__init__(message)
+
+    kinds = {"RunDirError": RunDirError, "needs-two-arguments": NeedsTwo}
+    failed = (kinds.get(kind, kind), "cannot write runs/x: permission denied")
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [failed, *mine])
+    world = type("World", (), {"num_processes": 2})()
+    with pytest.raises(SynthclError, match="^cannot write runs/x: permission denied$") as info:
+        agreed(world, lambda: "fine here")
+    assert type(info.value) is (RunDirError if kind == "RunDirError" else SynthclError)
+    # the process that failed raises its own error, after handing it on
+    with pytest.raises(ZeroDivisionError):
+        agreed(world, lambda: 1 / 0)
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [*mine, None])
+    assert agreed(world, lambda: "fine") == "fine"

@@ -100,15 +100,25 @@ def merge_result(
 @contextlib.contextmanager
 def folder_locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` itself (``flock`` on the directory: no lock file is left in a
-    run folder). Where directories cannot be locked (not POSIX) the block runs unlocked."""
+    run folder), against other processes of this machine. Not re-entrant: a block that takes it again on the
+    same folder waits for itself. Where the folder cannot be locked (not POSIX, a filesystem without
+    ``flock``, a folder that cannot be opened for reading) the block runs unlocked: a finished evaluation is
+    written either way."""
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK, EOPNOTSUPP on some network and FUSE filesystems
+            pass
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -16,7 +16,7 @@ import torch
 from synthcl.augment import ViewAugment
 from synthcl.config import AugmentConfig, Recipe, uses_generator
 from synthcl.data import ImageSource, load_dataset, take_fraction
-from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, SynthclError
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, SynthclError, first_line
 from synthcl.interfaces import ContrastiveLearner, Generator
 from synthcl.nn.backbones import build_backbone
 from synthcl.registry import GENERATORS, LEARNERS
@@ -50,24 +50,34 @@ def make_accelerator(**kwargs: Any) -> Any:
 
 def agreed(accelerator: Any, work: Callable[[], T]) -> T:
     """``work()`` on every process (a process may do nothing in it: the checks of a run's files run on the main
-    process only); a :class:`~synthcl.errors.SynthclError` raised on any process is raised on all of them.
+    process only); an error raised in it on any process is raised on all of them: the process that raised
+    it raises its own, the others a :class:`~synthcl.errors.SynthclError` of the same kind (or the base
+    class, for an error that is not synthcl's) with its first line. ``work`` must not communicate between
+    processes itself.
 
-    Without this, a refusal on the main process (a folder that is not a run, a damaged metrics.csv) ends
-    that process while the others wait at the next collective: a launcher that does not tear the job down
-    (one process per task under a scheduler) keeps them waiting until the collective's timeout.
+    Without this, a refusal on the main process (a folder that is not a run, a damaged metrics.csv, a
+    folder it may not write) ends that process while the others wait at the next collective: a launcher
+    that does not tear the job down (one process per task under a scheduler) keeps them waiting until the
+    collective's timeout.
     """
     try:
         result, failure = work(), None
-    except SynthclError as err:
+    except Exception as err:  # noqa: BLE001 - handed on to the other processes, then raised here as it was
         result, failure = None, err
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
-        failures = gather_object([None if failure is None else (type(failure), str(failure))])
+        failures = gather_object([None if failure is None else (type(failure), first_line(failure))])
         first = next((f for f in failures if f is not None), None)
         if failure is None and first is not None:
             kind, message = first
-            raise (kind if issubclass(kind, SynthclError) else SynthclError)(message)
+            if not issubclass(kind, SynthclError):
+                raise SynthclError(message)
+            try:
+                rebuilt = kind(message)
+            except TypeError:  # a kind built from more than its message
+                rebuilt = SynthclError(message)
+            raise rebuilt
     if failure is not None:
         raise failure
     return result  # type: ignore[return-value]
