@@ -143,11 +143,16 @@ class Generator(nn.Module, abc.ABC):
         Args:
             fake: (B, C, H, W) generated images in [-1, 1], with gradient; None from the training loops
                 when :attr:`realism_needs_samples` is False.
-            real: (B', C, H, W) real images in [-1, 1].
+            real: (B', C, H, W) real images in [-1, 1]; B' and B differ in joint training.
+
+        Returns:
+            A scalar (0-dimensional) tensor.
         """
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor | None:
-        """The critic's loss on real and (detached) fake images; None when there is no critic."""
+        """The critic's loss (a scalar) on real (B', C, H, W) and detached fake (B, C, H, W) images; None
+        when there is no critic. B and B' differ in joint training (fewer fakes than reals): average the
+        real and fake terms each over its own batch."""
         return None
 
     def critic_parameters(self) -> list[nn.Parameter]:

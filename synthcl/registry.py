@@ -43,6 +43,12 @@ class Registry(Generic[T]):
             existing = self._items.get(name)
             if existing is not None and existing is not item and not override and not _same_definition(existing, item):
                 raise ValueError(f"{self.kind[:-1]} '{name}' is already registered")
+            # A name an installed package declares (synthcl's own generators are found that way, and loaded
+            # only when first named) is taken too: only the object it declares may register under it.
+            declared = None if existing is not None or override else self._discover().get(name)
+            if declared is not None and declared.value != _path_of(item):
+                raise ValueError(f"{self.kind[:-1]} '{name}' is already registered (by {declared.value}); "
+                                 "choose another name")
             self._items[name] = item
             return item
 
@@ -90,6 +96,11 @@ class Registry(Generic[T]):
         """Look up ``name`` and call its factory."""
         factory: Callable[..., Any] = self.get(name)  # type: ignore[assignment]
         return factory(*args, **kwargs)
+
+
+def _path_of(obj: object) -> str:
+    """``module:qualname``, the form of an entry point's value."""
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
 
 
 def _same_definition(a: object, b: object) -> bool:

@@ -66,7 +66,7 @@ class MLPGenerator(Generator):
         return -self.critic(fake.flatten(1)).mean()
 
     def critic_loss(self, real, fake):
-        return (torch.relu(1 - self.critic(real.flatten(1))) + torch.relu(1 + self.critic(fake.flatten(1)))).mean()
+        return torch.relu(1 - self.critic(real.flatten(1))).mean() + torch.relu(1 + self.critic(fake.flatten(1))).mean()
 
     def critic_parameters(self):
         return list(self.critic.parameters())
@@ -107,6 +107,20 @@ def test_user_subclass_plugs_into_a_recipe_by_name_and_trains(monkeypatch, capsy
     contract.test_critic_loss_backpropagates_into_the_critic_only()
     contract.test_save_and_load_give_the_same_samples(tmp_path / "contract")
 
+
+
+def test_user_generator_trains_jointly_with_the_learner(monkeypatch, capsys, tmp_path, user_generator,
+                                                        tiny_recipe_file):
+    """Joint training hands the critic fewer fake than real images (synthesis.ratio): a user's generator
+    written to the interface trains there too (the fixture once summed the two batches' terms per row)."""
+    recipe = tiny_recipe_file(generator={"name": "test-mlp", "options": {"hidden": 16}},
+                              synthesis={"mode": "joint", "ratio": 0.25}, train={"max_steps": 2}, data={"num_workers": 0})
+    run = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--code", str(user_generator), "--out", str(run), "-q")
+    assert code == 0, err
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed" and status["synthesis"] == "joint"
+    assert (run / "generator" / "config.json").is_file()
 
 def test_generator_pretraining_resumes_exactly(tmp_path, tiny_recipe, user_generator, monkeypatch):
     from synthcl.cli.app import load_code

@@ -366,6 +366,7 @@ class Synthesizer:
         z = g.sample_latents(n, torch.Generator(device=next(g.parameters()).device).manual_seed(seed))
         a, b = g.pair(z, self.schedule(step)["hardness"], generator=torch.Generator(device=z.device).manual_seed(seed + 1))
         g.train(was_training)
+        a, b = a.float(), b.float()  # a generator may sample in another precision; the learner takes fp32
         cosine = torch.nn.functional.cosine_similarity(features(to_unit(a)), features(to_unit(b)), dim=1).mean()
         # Observation only: steering happens in observe(), at its own cadence, never on a logging step.
         return {"pair_ssim": float(ssim(a, b).mean()), "pair_cosine": float(cosine)}

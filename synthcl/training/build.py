@@ -21,6 +21,7 @@ from synthcl.interfaces import ContrastiveLearner, Generator
 from synthcl.nn.backbones import build_backbone
 from synthcl.registry import GENERATORS, LEARNERS
 from synthcl.synthesis.engine import Synthesizer
+from synthcl.training.generator_check import check_generator
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -316,11 +317,13 @@ def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in owners}
 
 
-def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
-    """The recipe's generator for images of ``source``'s size and channels (pretrained if asked).
+def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | str | None = None) -> Generator:
+    """The recipe's generator for images of ``source``'s size and channels (pretrained if asked), on
+    ``device`` (where it was made when None), checked against the interface
+    (:func:`~synthcl.training.generator_check.check_generator`) there.
 
     Raises:
-        ConfigError: on options the generator does not accept.
+        ConfigError: on options the generator does not accept, or a generator that breaks the interface.
         CheckpointError: if ``generator.pretrained`` cannot be loaded.
         DataError: if a pretrained generator makes images of another size or channel count.
     """
@@ -339,14 +342,22 @@ def build_generator(recipe: Recipe, source: ImageSource) -> Generator:
             generator = factory(image_size=source.image_size, channels=source.channels, **options)
         except TypeError as err:
             raise ConfigError(f"generator.options: {err}") from None
+        except (ValueError, AttributeError) as err:  # the constructor refused these settings
+            raise ConfigError(f"generator '{g.name}' could not be built: {type(err).__name__}: {first_line(err)}") from None
     if not isinstance(generator, Generator):
         raise ConfigError(f"generator '{g.name}' does not subclass synthcl.Generator")
-    made = (generator.image_size, generator.channels)
+    made = (getattr(generator, "image_size", None), getattr(generator, "channels", None))
+    if None in made:
+        raise ConfigError(f"generator '{g.name}' ({type(generator).__name__}) has no image_size/channels: its "
+                          "__init__ must call super().__init__(image_size, channels)")
     if made != (source.image_size, source.channels):
         raise DataError(
             f"the generator makes {made[0]}-px {made[1]}-channel images but the data has "
             f"{source.image_size}-px {source.channels}-channel images; set data.image_size / data.channels"
         )
+    if device is not None:
+        generator = generator.to(device)
+    check_generator(generator, g.name)
     return generator
 
 
@@ -354,7 +365,7 @@ def build_synthesizer(recipe: Any, source: Any, device: torch.device, total_step
     """The recipe's synthesizer (None for mode ``none``), its generator on ``device``."""
     if not uses_generator(recipe.synthesis.mode):
         return None
-    generator = build_generator(recipe, source).to(device)
+    generator = build_generator(recipe, source, device)
     for knob in ("generator_precision", "hard_term_precision"):
         if getattr(recipe.synthesis, knob) == "bf16":
             warn_if_bf16_emulated(device, f"synthesis.{knob}: bf16", f"synthesis.{knob}=fp32")

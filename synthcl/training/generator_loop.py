@@ -131,7 +131,7 @@ def _build_generator_run(recipe: Recipe, device: torch.device) -> tuple[Any, Gen
         raise DataError(f"the training set has {len(source)} images, fewer than train.batch_size {t.batch_size}")
     total_steps = schedule_steps(t, steps_per_epoch)
     torch.manual_seed(t.seed)
-    generator = build_generator(recipe, source).to(device)
+    generator = build_generator(recipe, source, device)
     g_opt = torch.optim.Adam(generator.generator_parameters(), lr=g.lr, betas=tuple(g.betas))
     critic_params = list(generator.critic_parameters())
     d_opt = torch.optim.Adam(critic_params, lr=g.critic_lr, betas=tuple(g.betas)) if critic_params else None

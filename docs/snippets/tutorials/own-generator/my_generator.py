@@ -14,7 +14,8 @@ class MLPGenerator(Generator):
         self.critic = nn.Linear(pixels, 1)
 
     def sample_latents(self, n, generator=None):
-        return torch.randn(n, 64, generator=generator).to(self.critic.weight.device)
+        # on the module's device: on a GPU, synthcl passes a CUDA random generator
+        return torch.randn(n, 64, generator=generator, device=self.critic.weight.device)
 
     def forward(self, z):
         return self.net(z).view(-1, self.channels, self.image_size, self.image_size)

@@ -1,0 +1,209 @@
+"""A generator of the user's that breaks the interface is refused before training, in one line that names it
+and the method (review of the bring-your-own-generator path): each case here failed late, silently, or
+inside synthcl's own code before the check."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import TINY, merge
+from test_cli import assert_one_line_error, run_cli
+from torch import nn
+
+from synthcl import GENERATORS, Generator
+from synthcl.errors import ConfigError
+from synthcl.training.generator_check import check_generator
+
+
+class Base(Generator):
+    """The tutorial's generator, small: an MLP with a linear critic."""
+
+    def __init__(self, image_size, channels, hidden=8):
+        super().__init__(image_size, channels)
+        pixels = channels * image_size**2
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, pixels), nn.Tanh())
+        self.critic = nn.Linear(pixels, 1)
+
+    def sample_latents(self, n, generator=None):
+        return torch.randn(n, 4, generator=generator, device=self.critic.weight.device)
+
+    def forward(self, z):
+        return self.net(z).view(-1, self.channels, self.image_size, self.image_size)
+
+    def realism_loss(self, fake, real):
+        return -self.critic(fake.flatten(1)).mean()
+
+    def critic_loss(self, real, fake):
+        return torch.relu(1 - self.critic(real.flatten(1))).mean() + torch.relu(1 + self.critic(fake.flatten(1))).mean()
+
+    def critic_parameters(self):
+        return list(self.critic.parameters())
+
+
+class HalfSize(Base):
+    def forward(self, z):
+        return super().forward(z)[..., ::2, ::2]
+
+
+class Flat(Base):
+    def forward(self, z):
+        return super().forward(z).flatten(1)
+
+
+class Pairs(Base):
+    def forward(self, z):
+        return super().forward(z), z
+
+
+class Integers(Base):
+    def forward(self, z):
+        return (super().forward(z) > 0).long()
+
+
+class NoGeneratorArgument(Base):
+    def sample_latents(self, n):  # the RNG synthcl passes has nowhere to go
+        return torch.randn(n, 4)
+
+
+class OldPair(Base):
+    def pair(self, z, hardness):  # the signature without generator=
+        return self(z), self.partner(z)
+
+
+class Options(Base):
+    def __init__(self, image_size, channels, act=nn.ReLU):  # a class as an option: not JSON
+        super().__init__(image_size, channels)
+
+
+class PlainList(Base):
+    def __init__(self, image_size, channels):
+        super().__init__(image_size, channels)
+        del self.net
+        self.layers = [nn.Linear(4, channels * image_size**2)]  # not registered as a submodule
+
+    def forward(self, z):
+        return torch.tanh(self.layers[0](z)).view(-1, self.channels, self.image_size, self.image_size)
+
+
+class NoCriticParameters(Base):
+    def critic_parameters(self):
+        return []
+
+
+class Bytes(Base):
+    def forward(self, z):
+        return (super().forward(z) + 1) * 127.5  # [0, 255]
+
+
+CASES = {
+    HalfSize: "forward(z) returned shape (2, 1, 8, 8), expected (2, 1, 16, 16)",
+    Flat: "forward(z) returned shape (2, 256), expected (2, 1, 16, 16)",
+    Pairs: "forward(z) returned a tuple of 2, not an image tensor",
+    Integers: "forward(z) returned torch.int64 images; return floating-point images",
+    NoGeneratorArgument: "sample_latents(2, generator) failed on 2 latents: TypeError",
+    OldPair: "pair(z, 0.5, generator=...) failed on 2 latents: TypeError",
+    Options: "constructor option 'act' is a type, which cannot be saved with the run",
+    PlainList: "has no trainable parameters outside the critic",
+    NoCriticParameters: "overrides critic_loss but critic_parameters() is empty",
+}
+
+
+def register(cls, name):
+    GENERATORS.register(name, cls, override=True)
+    return cls
+
+
+@pytest.mark.parametrize("cls", list(CASES), ids=[c.__name__ for c in CASES])
+def test_a_generator_that_breaks_the_interface_is_refused_naming_it_and_the_method(cls):
+    g = register(cls, f"check-{cls.__name__.lower()}")(16, 1)
+    with pytest.raises(ConfigError) as info:
+        check_generator(g, f"check-{cls.__name__.lower()}")
+    message = str(info.value)
+    assert message.startswith(f"generator 'check-{cls.__name__.lower()}' ({cls.__name__}): ")
+    assert CASES[cls] in message and "\n" not in message
+
+
+def test_the_tutorials_generator_passes_and_the_check_leaves_no_trace():
+    g = register(Base, "check-base")(16, 1)
+    g.train()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    check_generator(g, "check-base")
+    assert torch.equal(torch.rand(3), expected)  # the global random state is put back
+    assert g.training and all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_a_factory_registered_in_place_of_the_class_is_refused_before_training():
+    class Unregistered(Base):
+        pass
+
+    def make(image_size, channels):
+        return Unregistered(image_size, channels)
+
+    GENERATORS.register("check-factory", make, override=True)
+    g = GENERATORS.get("check-factory")(16, 1)
+    with pytest.raises(ConfigError, match="register the Generator subclass itself"):
+        check_generator(g, "check-factory")
+
+
+def test_samples_outside_the_image_range_get_a_warning(caplog):
+    g = register(Bytes, "check-bytes")(16, 1)
+    with caplog.at_level(logging.WARNING, logger="synthcl.training.generator_check"):
+        check_generator(g, "check-bytes")
+    assert "images are expected in [-1, 1]" in caplog.text and "check-bytes" in caplog.text
+
+
+def test_a_user_generator_may_not_take_a_builtin_generators_name():
+    from synthcl.registry import Registry
+
+    fresh = Registry("generators")  # as in a user's first command: the built-in not loaded yet
+    with pytest.raises(ValueError, match=r"generator 'gan' is already registered \(by synthcl.generators.gan:GAN\)"):
+        fresh.register("gan", Base)
+    fresh.register("gan", GENERATORS.get("gan"))  # what the entry point declares registers
+    with pytest.raises(ValueError, match="generator 'gan' is already registered"):
+        GENERATORS.register("gan", Base)
+    assert GENERATORS.get("gan").__name__ == "GAN"
+
+
+BROKEN_FILE = '''
+import torch
+from torch import nn
+from synthcl import GENERATORS, Generator
+
+
+@GENERATORS.register("check-cli")
+class Small(Generator):
+    def __init__(self, image_size, channels):
+        super().__init__(image_size, channels)
+        self.net = nn.Linear(4, channels * (image_size // 2) ** 2)
+
+    def sample_latents(self, n, generator=None):
+        return torch.randn(n, 4, generator=generator)
+
+    def forward(self, z):  # half the data's size: the crop would upscale it silently
+        return torch.tanh(self.net(z)).view(-1, self.channels, self.image_size // 2, self.image_size // 2)
+
+    def realism_loss(self, fake, real):
+        return fake.mean() - real.mean()
+'''
+
+
+@pytest.mark.parametrize("stage", ["generator", "joint"])
+def test_train_refuses_the_broken_generator_in_one_line_before_any_step(stage, tmp_path, tiny_recipe_file,
+                                                                       one_thread, monkeypatch, capsys):
+    code_file = tmp_path / "mine.py"
+    code_file.write_text(BROKEN_FILE)
+    sections = ({"stage": "generator", "generator": {"name": "check-cli"}, "train": {"max_steps": 2}}
+                if stage == "generator" else
+                {"generator": {"name": "check-cli", "pretrain_steps": 0}, "synthesis": {"mode": "joint", "ratio": 0.25},
+                 "train": {"max_steps": 2}})
+    recipe = tiny_recipe_file(**merge(sections, {"data": {"num_workers": 0}}))
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "--code",
+                           str(code_file), "-q")
+    assert_one_line_error(code, err, "generator 'check-cli' (Small): forward(z) returned shape (2, 1, 8, 8), "
+                                     f"expected (2, 1, {TINY['data']['image_size']}, {TINY['data']['image_size']})")
+    assert not (tmp_path / "run" / "metrics.csv").exists()
