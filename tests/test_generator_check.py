@@ -10,36 +10,22 @@ import pytest
 import torch
 from conftest import TINY, merge
 from test_cli import assert_one_line_error, run_cli
+from test_generators import USER_GENERATOR
 from torch import nn
 
-from synthcl import GENERATORS, Generator
+from synthcl import GENERATORS
 from synthcl.errors import ConfigError
 from synthcl.training.generator_check import check_generator
 
 
-class Base(Generator):
-    """The tutorial's generator, small: an MLP with a linear critic."""
+def _tutorial_generator() -> type:
+    """The user generator of test_generators (the tutorial's, small), under a name of this module's."""
+    namespace = {"__name__": __name__}
+    exec(USER_GENERATOR.replace('"test-mlp"', '"check-base"'), namespace)
+    return namespace["MLPGenerator"]
 
-    def __init__(self, image_size, channels, hidden=8):
-        super().__init__(image_size, channels)
-        pixels = channels * image_size**2
-        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, pixels), nn.Tanh())
-        self.critic = nn.Linear(pixels, 1)
 
-    def sample_latents(self, n, generator=None):
-        return torch.randn(n, 4, generator=generator, device=self.critic.weight.device)
-
-    def forward(self, z):
-        return self.net(z).view(-1, self.channels, self.image_size, self.image_size)
-
-    def realism_loss(self, fake, real):
-        return -self.critic(fake.flatten(1)).mean()
-
-    def critic_loss(self, real, fake):
-        return torch.relu(1 - self.critic(real.flatten(1))).mean() + torch.relu(1 + self.critic(fake.flatten(1))).mean()
-
-    def critic_parameters(self):
-        return list(self.critic.parameters())
+Base = _tutorial_generator()
 
 
 class HalfSize(Base):
@@ -64,7 +50,7 @@ class Integers(Base):
 
 class NoGeneratorArgument(Base):
     def sample_latents(self, n):  # the RNG synthcl passes has nowhere to go
-        return torch.randn(n, 4)
+        return torch.randn(n, 8)
 
 
 class OldPair(Base):
@@ -81,7 +67,7 @@ class PlainList(Base):
     def __init__(self, image_size, channels):
         super().__init__(image_size, channels)
         del self.net
-        self.layers = [nn.Linear(4, channels * image_size**2)]  # not registered as a submodule
+        self.layers = [nn.Linear(8, channels * image_size**2)]  # not registered as a submodule
 
     def forward(self, z):
         return torch.tanh(self.layers[0](z)).view(-1, self.channels, self.image_size, self.image_size)
@@ -126,7 +112,7 @@ def test_a_generator_that_breaks_the_interface_is_refused_naming_it_and_the_meth
 
 
 def test_the_tutorials_generator_passes_and_the_check_leaves_no_trace():
-    g = register(Base, "check-base")(16, 1)
+    g = Base(16, 1)
     g.train()
     before = {k: v.clone() for k, v in g.state_dict().items()}
     torch.manual_seed(5)
