@@ -250,12 +250,28 @@ class Generator(nn.Module, abc.ABC):
                 continue
         raise ValueError(f"{type(self).__name__} is not registered in GENERATORS; register it to save it")
 
+    def saved_config(self) -> dict:
+        """The constructor options as :meth:`save_pretrained` writes them (a JSON copy).
+
+        Raises:
+            ValueError: naming the first option that is not a JSON value.
+        """
+        import json
+
+        for option, value in self.config.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"constructor option '{option}' is a {type(value).__name__}, which cannot be "
+                                 "saved with the run; give it a JSON value (a number, string, list or dict) and "
+                                 "build the object inside") from None
+        return json.loads(json.dumps(self.config))
+
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``config.json`` (registry name, version, constructor options) and ``model.safetensors``.
 
         Files are written atomically; the partner is saved with the weights.
         """
-        import json
 
         from synthcl._version import __version__
         from synthcl.io import atomic_write_json
@@ -263,11 +279,7 @@ class Generator(nn.Module, abc.ABC):
 
         folder = Path(folder)
         # Everything that can fail comes before the first write, so no half export is left behind.
-        try:
-            config = json.loads(json.dumps(self.config))
-        except TypeError as err:
-            raise ValueError(f"generator options must be JSON-serialisable to be saved: {err}") from None
-        meta = {"generator": self.registry_name(), "synthcl_version": __version__, "config": config}
+        meta = {"generator": self.registry_name(), "synthcl_version": __version__, "config": self.saved_config()}
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(self, folder / "model.safetensors")
         atomic_write_json(folder / "config.json", meta)

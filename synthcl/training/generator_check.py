@@ -15,7 +15,6 @@ back, so a run trains exactly as it would without the check.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -76,12 +75,10 @@ def check_generator(g: Generator, name: str | None) -> None:
 
 def _check_export(g: Generator, refuse: Callable[[str], NoReturn]) -> None:
     """What saving the finished run needs, checked before its first step instead of after its last."""
-    for option, value in getattr(g, "config", {}).items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            refuse(f"constructor option '{option}' is a {type(value).__name__}, which cannot be saved with the "
-                   "run; give it a JSON value (a number, string, list or dict) and build the object inside")
+    try:
+        g.saved_config()
+    except ValueError as err:
+        refuse(str(err))
     try:
         g.registry_name()
     except ValueError:
