@@ -4,6 +4,7 @@ inside synthcl's own code before the check."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -193,3 +194,98 @@ def test_train_refuses_the_broken_generator_in_one_line_before_any_step(stage, t
     assert_one_line_error(code, err, "generator 'check-cli' (Small): forward(z) returned shape (2, 1, 8, 8), "
                                      f"expected (2, 1, {TINY['data']['image_size']}, {TINY['data']['image_size']})")
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+# --- what a user's generator does wrong mid-run: said in one line that points at the user's code --------
+
+FAILING_LATER = '''
+import torch
+from torch import nn
+from synthcl import GENERATORS, Generator
+
+
+class Mine(Generator):
+    def __init__(self, image_size, channels):
+        super().__init__(image_size, channels)
+        self.net = nn.Linear(4, channels * image_size**2)
+        self.critic = nn.Linear(channels * image_size**2, 1)
+
+    def sample_latents(self, n, generator=None):
+        return torch.randn(n, 4, generator=generator)
+
+    def forward(self, z):
+        return torch.tanh(self.net(z)).view(-1, self.channels, self.image_size, self.image_size)
+
+    def realism_loss(self, fake, real):
+        return -self.critic(fake.flatten(1)).mean()
+
+    def critic_loss(self, real, fake):
+        return torch.relu(1 - self.critic(real.flatten(1))).mean() + torch.relu(1 + self.critic(fake.flatten(1))).mean()
+
+    def critic_parameters(self):
+        return list(self.critic.parameters())
+
+
+@GENERATORS.register("later-sum")
+class SumsRows(Mine):
+    def critic_loss(self, real, fake):  # per-row sum of a real and a fake batch: joint mode hands fewer fakes
+        return (torch.relu(1 - self.critic(real.flatten(1))) + torch.relu(1 + self.critic(fake.flatten(1)))).mean()
+
+
+@GENERATORS.register("later-nan")
+class NanWhenTrained(Mine):
+    def forward(self, z):  # finite in the build-time check (no gradient), not once training starts
+        x = super().forward(z)
+        return x * float("nan") if torch.is_grad_enabled() else x
+
+
+@GENERATORS.register("later-save")
+class CannotSave(Mine):
+    def save_pretrained(self, path):
+        raise NotImplementedError("saving is not written yet")
+'''
+
+JOINT = {"synthesis": {"mode": "joint", "ratio": 0.25}, "train": {"max_steps": 2, "log_every": 1}}
+
+
+def _run_failing(name, sections, tmp_path, tiny_recipe_file, monkeypatch, capsys):
+    code_file = tmp_path / "later.py"
+    code_file.write_text(FAILING_LATER)
+    recipe = tiny_recipe_file(**merge(sections, {"generator": {"name": name, "pretrain_steps": 0},
+                                                 "data": {"num_workers": 0}}))
+    monkeypatch.delenv("SYNTHCL_DEBUG", raising=False)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "--code",
+                           str(code_file), "-q")
+    return code, err, json.loads((tmp_path / "run" / "run.json").read_text())
+
+
+def _line_of(text, fragment):
+    return next(i for i, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+def test_an_error_raised_in_the_users_code_names_its_line_and_the_run_is_marked_failed(
+        tmp_path, tiny_recipe_file, one_thread, monkeypatch, capsys):
+    code, err, status = _run_failing("later-sum", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    line = _line_of(FAILING_LATER, "return (torch.relu(1 - self.critic")
+    assert_one_line_error(code, err, f"error: RuntimeError in --code file later.py, line {line}, in critic_loss: "
+                                     "The size of tensor a")
+    assert "a bug in synthcl" not in err
+    assert status["status"] == "failed" and status["step"] == 0 and status["error"].startswith("RuntimeError: ")
+
+
+def test_a_failing_export_marks_the_run_failed_at_its_last_checkpoint(tmp_path, tiny_recipe_file, one_thread,
+                                                                      monkeypatch, capsys):
+    code, err, status = _run_failing("later-save", {"stage": "generator", "train": {"max_steps": 2}}, tmp_path,
+                                     tiny_recipe_file, monkeypatch, capsys)
+    assert_one_line_error(code, err, "NotImplementedError in --code file later.py, line "
+                                     f"{_line_of(FAILING_LATER, 'saving is not written yet')}, in save_pretrained")
+    assert status["status"] == "failed" and status["step"] == 2  # --resume continues from there
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path, tiny_recipe_file, one_thread,
+                                                                         monkeypatch, capsys):
+    code, err, status = _run_failing("later-nan", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    assert_one_line_error(code, err, "the generator's samples became non-finite at step 1")
+    assert "optim.lr" not in err and "generator.lr" in err
+    assert status["status"] == "diverged"

@@ -1,8 +1,9 @@
 """Typer commands: train, eval, recipes. Each parses its arguments and calls one library function.
 
 User errors (:class:`~synthcl.errors.SynthclError`) print one line to stderr and exit with status 2. Any other
-error prints one line naming a log file that holds its traceback and exits with status 1
-(``SYNTHCL_DEBUG=1`` lets the traceback through instead).
+error prints one line naming a log file that holds its traceback and exits with status 1, or with status 2
+when it was raised in a ``--code`` file, whose line it names (``SYNTHCL_DEBUG=1`` lets the traceback through
+instead).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -37,6 +38,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
+USER_FILES: set[str] = set()
+"""The ``--code`` files this process imported (real paths): an error raised in one is the user's to fix."""
+
+
 def load_code(paths: list[Path]) -> None:
     """Import user Python files so the components they register become available by name.
 
@@ -50,6 +55,7 @@ def load_code(paths: list[Path]) -> None:
     for path in paths:
         if not path.is_file():
             _fail(f"--code file {path} does not exist")
+        USER_FILES.add(os.path.realpath(path))
         spec = importlib.util.spec_from_file_location(f"synthcl_user_code_{path.stem}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -357,6 +363,27 @@ def _crash(err: BaseException) -> None:
         log = None
     text = str(err).strip().splitlines()
     where = f"the traceback is in {log}" if log else "set SYNTHCL_DEBUG=1 to see the traceback"
+    frame = _user_frame(err)
+    if frame is not None:  # raised in (or below) the user's own code: name the line to look at
+        typer.echo(f"error: {type(err).__name__} in --code file {Path(frame.filename).name}, line {frame.lineno}, "
+                   f"in {frame.name}{': ' + text[0] if text else ''} ({where})", err=True)
+        sys.exit(EXIT_USER_ERROR)
     typer.echo(f"error: unexpected {type(err).__name__}{': ' + text[0] if text else ''} (a bug in synthcl or in "
                f"--code; {where})", err=True)
     sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _user_frame(err: BaseException) -> Any:
+    """The innermost frame of a ``--code`` file in ``err``'s traceback (or in the error it was raised
+    from), or None when the error never passed through the user's code."""
+    import traceback
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and USER_FILES:
+        seen.add(id(current))
+        for frame in reversed(traceback.extract_tb(current.__traceback__)):
+            if os.path.realpath(frame.filename) in USER_FILES:
+                return frame
+        current = current.__cause__ or current.__context__
+    return None

@@ -115,6 +115,9 @@ class Synthesizer:
         self.balance: float | None = None  # lambda_hard_mode balanced: |realism grad| / |hard grad|, measured
         self.backoffs = 0
         self.failure: str | None = None
+        # The first step (1-based) whose samples held a NaN or an infinity, flagged on the device (no sync):
+        # the learner's loss goes non-finite at the same step, and the message must blame the generator.
+        self._bad_images = torch.full((), -1, dtype=torch.long, device=next(generator.parameters()).device)
         self._pending = False  # synthesize() prepared a generator update
         self._fake: Tensor | None = None
         self._views: Tensor | None = None
@@ -234,6 +237,8 @@ class Synthesizer:
                 first = g(z)
                 views = augment(to_unit(first), 2, rng)
                 per_group = 2
+        newly_bad = ~torch.isfinite(first.detach()).all() & (self._bad_images < 0)
+        self._bad_images = torch.where(newly_bad, step + 1, self._bad_images)
         groups = (torch.arange(m, device=views.device) + group_base).repeat(per_group)
         self._fake, self._views, self._groups = (first, views, groups) if self._pending else (None, None, None)
         self.times["synthesize"] += time.perf_counter() - start
@@ -337,6 +342,17 @@ class Synthesizer:
         if self.config.lambda_hard_mode != "balanced" or self.balance is None:
             return 1.0
         return self.balance
+
+    def failed(self, reduce: Callable[[Tensor, str], Tensor] | None = None) -> str | None:
+        """Why synthesis stopped the run, or None: too many back-offs, or samples that became non-finite
+        (one host sync; every process calls it at the same step, ``reduce(tensor, "max")`` across them)."""
+        if self.failure is not None:
+            return self.failure
+        flag = reduce(self._bad_images.clone(), "max") if reduce is not None else self._bad_images
+        if int(flag) >= 0:
+            return (f"the generator's samples became non-finite at step {int(flag)}. "
+                    "Try a lower generator.lr or generator.critic_lr")
+        return None
 
     def back_off(self, step: int, reason: str) -> None:
         """Halve (by ``backoff``) lambda_hard; record a failure after too many back-offs."""

@@ -94,11 +94,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     generator_step = GeneratorStep(generator, g_opt, d_opt, critic_steps=g.critic_steps,
                                    partner_momentum=g.partner_momentum, seed=t.seed, autocast=accelerator.autocast)
     session.write_status("running", start_step)
-    if start_step == 0:
-        write_samples(0)
     generator.train()
     batches = None
     with session:
+        if start_step == 0:
+            write_samples(0)
         for step in range(start_step, run_steps):
             epoch, index = divmod(step, steps_per_epoch)
             if batches is None or index == 0:
@@ -115,9 +115,9 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
                 write_samples(done)
             session.end_step(done, progress=lambda r: {"d_loss": r["critic_loss"], "g_loss": r["generator_loss"]})
 
-    # 7. Export the generator (with its partner) in save_pretrained format.
-    generator.save_pretrained(run_dir / EXPORT)
-    session.write_status("completed", run_steps)
+        # 7. Export the generator (with its partner) in save_pretrained format.
+        generator.save_pretrained(run_dir / EXPORT)
+        session.write_status("completed", run_steps)
     release_lock(run_dir)
     return run_dir
 

@@ -167,12 +167,13 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
                 write_synthesis_grids(synth, run_dir, done)
             session.end_step(done, row, progress=lambda r: {"loss": r["loss"], "lr": r["lr"]})
 
-    # 11. Export the backbone for evaluation (and the generator) and mark the run complete.
-    if main:
-        export_backbone(run_dir, unwrapped.backbone, {**info, "step": run.run_steps})
-        if synth is not None:
-            synth.generator.save_pretrained(run_dir / "generator")
-    session.write_status("completed", run.run_steps)
+        # 11. Export the backbone for evaluation (and the generator) and mark the run complete (inside the
+        #     session: an export that fails marks the run failed).
+        if main:
+            export_backbone(run_dir, unwrapped.backbone, {**info, "step": run.run_steps})
+            if synth is not None:
+                synth.generator.save_pretrained(run_dir / "generator")
+        session.write_status("completed", run.run_steps)
     if main:
         release_lock(run_dir)
     accelerator.wait_for_everyone()
@@ -284,14 +285,14 @@ def _run_info(recipe: Recipe, run: _Run, unwrapped: ContrastiveLearner, world: i
 def _session(recipe: Recipe, run: _Run, run_dir: Path, info: dict[str, Any], start_step: int, save: Any,
              accelerator: Any, quiet: bool) -> RunSession:
     t, synth, world = recipe.train, run.synth, accelerator.num_processes
+    reduce = (lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None
     return RunSession(
         run_dir, info, run_steps=run.run_steps, start_step=start_step, steps_per_epoch=run.steps_per_epoch,
         log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         columns=METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else []), loss_names=["loss"], save=save,
         divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
         title=f"train {recipe.name}", quiet=quiet, main=accelerator.is_main_process, device=accelerator.device,
-        reduce=(lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None,
-        failure=(lambda: synth.failure) if synth is not None else None,
+        reduce=reduce, failure=(lambda: synth.failed(reduce)) if synth is not None else None,
     )
 
 

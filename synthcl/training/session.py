@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged
+from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged, first_line
 from synthcl.io import atomic_write_text
 from synthcl.progress import ProgressBar
 from synthcl.rundir import LAST, METRICS_FILE, write_status
@@ -177,10 +177,23 @@ class RunSession:
         self.stop.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
         self.metrics.close()
-        self.stop.__exit__(*exc)
-        self.bar.__exit__(*exc)
+        self.stop.__exit__(kind, err, tb)
+        self.bar.__exit__(kind, err, tb)
+        if err is not None and not isinstance(err, (TrainingDiverged, RunInterrupted)):  # those wrote theirs
+            self._record_failure(err)
+
+    def _record_failure(self, err: BaseException) -> None:
+        """``run.json`` says the run stopped and why, instead of ``running`` forever: the step is the last
+        checkpoint's, the one ``--resume`` continues from."""
+        try:
+            if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, mid-step
+                self.write_status("interrupted", self.last_good)
+            else:
+                self.write_status("failed", self.last_good, error=f"{type(err).__name__}: {first_line(err)}")
+        except OSError:  # a full disk: the error on its way out says more than this one would
+            pass
 
 
     def write_status(self, status: str, step: int, **extra: Any) -> None:
