@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from synthcl.errors import ConfigError
+
 
 class ContrastiveLearner(nn.Module, abc.ABC):
     """Backbone + heads + loss of one self-supervised method.
@@ -316,3 +318,22 @@ class Generator(nn.Module, abc.ABC):
             raise CheckpointError(f"{folder}: the '{name}' generator does not accept these options ({err})") from None
         load_weights(model, folder / "model.safetensors")
         return model
+
+
+def scalar_loss(value: object, g: Generator, method: str) -> Tensor:
+    """``value``, what ``g.<method>`` (``realism_loss``, ``critic_loss``) returned in a training step, as a
+    0-d tensor; refused in one line naming the generator's class and the method when it is not one number
+    with a gradient (checked on metadata only: no host sync).
+
+    Raises:
+        ConfigError: a Python number, None, a tensor of several values or one without a gradient.
+    """
+    label = f"generator {type(g).__name__}: {method}"
+    if not isinstance(value, Tensor):
+        raise ConfigError(f"{label} returned a {type(value).__name__}, not a scalar tensor")
+    if value.numel() != 1:
+        raise ConfigError(f"{label} returned a tensor of shape {tuple(value.shape)}, not a scalar (average it "
+                          "over the batch)")
+    if not value.requires_grad:
+        raise ConfigError(f"{label} returned a tensor without a gradient (computed under no_grad, or detached?)")
+    return value.reshape(())

@@ -76,9 +76,11 @@ class Registry(Generic[T]):
                     self._items[name] = loaded
         if name not in self._items:
             names = self.names()
+            close = suggest(name, names)
+            # No near miss: most likely the user's own component, defined in a file not imported this time.
+            own = "" if close else "; one of your own is registered by importing its file (--code FILE in the CLI)"
             raise RegistryError(
-                f"unknown {self.kind[:-1]} '{name}'{suggest(name, names)} "
-                f"(valid: {', '.join(names) or 'none registered'})"
+                f"unknown {self.kind[:-1]} '{name}'{close} (valid: {', '.join(names) or 'none registered'}){own}"
             )
         return self._items[name]
 

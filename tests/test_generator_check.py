@@ -14,7 +14,7 @@ from test_cli import assert_one_line_error, run_cli
 from test_generators import USER_GENERATOR
 from torch import nn
 
-from synthcl import GENERATORS
+from synthcl import GENERATORS, Generator
 from synthcl.errors import ConfigError
 from synthcl.training.generator_check import check_generator
 
@@ -239,6 +239,18 @@ class NanWhenTrained(Mine):
         return x * float("nan") if torch.is_grad_enabled() else x
 
 
+@GENERATORS.register("later-vector")
+class PerRow(Mine):
+    def realism_loss(self, fake, real):  # one value per sample, not averaged
+        return -self.critic(fake.flatten(1)).squeeze(1)
+
+
+@GENERATORS.register("later-one")
+class OneElement(Mine):
+    def realism_loss(self, fake, real):  # shape (1,): one number, taken as one
+        return -self.critic(fake.flatten(1)).mean().reshape(1)
+
+
 @GENERATORS.register("later-save")
 class CannotSave(Mine):
     def save_pretrained(self, path):
@@ -289,3 +301,47 @@ def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path
     assert_one_line_error(code, err, "the generator's samples became non-finite at step 1")
     assert "optim.lr" not in err and "generator.lr" in err
     assert status["status"] == "diverged"
+
+
+class RenamedSize(Base):
+    def __init__(self, size, channels):  # the constructor synthcl calls takes image_size=
+        super().__init__(size, channels)
+
+
+class AbstractLeft(Generator):  # realism_loss, sample_latents and forward not written
+    pass
+
+
+@pytest.mark.parametrize(("cls", "options", "expected"), [
+    (Base, {"colour": 3}, "generator.options: MLPGenerator.__init__() got an unexpected keyword argument 'colour'"),
+    (RenamedSize, {}, "generator 'build-renamedsize' (RenamedSize) cannot be made: RenamedSize.__init__() got an "
+                      "unexpected keyword argument 'image_size'; its __init__ must take image_size and channels"),
+    (AbstractLeft, {}, "generator 'build-abstractleft' (AbstractLeft) cannot be made: Can't instantiate abstract "
+                       "class AbstractLeft"),
+], ids=["unknown-option", "renamed-size", "abstract"])
+def test_a_constructor_error_blames_the_options_or_the_class(cls, options, expected, tiny_recipe):
+    from synthcl.training.build import build_generator, load_train_source
+
+    name = f"build-{cls.__name__.lower()}"
+    register(cls, name)
+    recipe = tiny_recipe(generator={"name": name, "options": options})
+    with pytest.raises(ConfigError) as info:
+        build_generator(recipe, load_train_source(recipe))
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+@pytest.mark.parametrize("stage", ["generator", "joint"])
+def test_a_loss_that_is_not_one_number_is_refused_naming_the_method_in_either_stage(
+        stage, tmp_path, tiny_recipe_file, one_thread, monkeypatch, capsys):
+    sections = {"stage": "generator", "train": {"max_steps": 2}} if stage == "generator" else JOINT
+    code, err, status = _run_failing("later-vector", sections, tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    assert_one_line_error(code, err, "generator PerRow: realism_loss returned a tensor of shape (")
+    assert ",), not a scalar (average it over the batch)" in err
+    assert status["status"] == "failed"
+
+
+def test_a_one_element_loss_trains_in_the_generator_stage_as_in_joint(tmp_path, tiny_recipe_file, one_thread,
+                                                                       monkeypatch, capsys):
+    code, err, status = _run_failing("later-one", {"stage": "generator", "train": {"max_steps": 2}}, tmp_path,
+                                     tiny_recipe_file, monkeypatch, capsys)
+    assert code == 0 and status["status"] == "completed", err

@@ -26,6 +26,10 @@ def test_unknown_name_lists_choices_and_closest():
     with pytest.raises(RegistryError) as info:
         reg.get("alpah")
     assert str(info.value) == "unknown widget 'alpah'; did you mean 'alpha'? (valid: alpha, beta)"
+    with pytest.raises(RegistryError) as info:  # no near miss: most likely the user's own, not imported
+        reg.get("my-widget")
+    assert str(info.value) == ("unknown widget 'my-widget' (valid: alpha, beta); one of your own is registered "
+                               "by importing its file (--code FILE in the CLI)")
 
 
 def test_duplicate_names_are_refused_unless_overridden():

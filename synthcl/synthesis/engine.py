@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from synthcl.config import GeneratorConfig, SynthesisConfig
-from synthcl.interfaces import Generator
+from synthcl.interfaces import Generator, scalar_loss
 
 TRAINS_GENERATOR = {"hard-samples", "hard-pairs", "joint"}
 USES_PAIRS = {"hard-pairs", "joint", "static-pairs"}
@@ -269,7 +269,7 @@ class Synthesizer:
         if self.d_opt is not None and critic_now:
             for _ in range(gc.critic_steps):
                 with self.autocast():
-                    critic_loss = g.critic_loss(real, fake.detach().float())
+                    critic_loss = scalar_loss(g.critic_loss(real, fake.detach().float()), g, "critic_loss")
                 self.d_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 average_gradients(g.critic_parameters())
@@ -279,7 +279,7 @@ class Synthesizer:
         start = time.perf_counter()
         weights = self.schedule(step)
         with self.autocast():
-            realism = g.realism_loss(None if fake is None else fake.float(), real)
+            realism = scalar_loss(g.realism_loss(None if fake is None else fake.float(), real), g, "realism_loss")
         hard = torch.zeros((), device=real.device)
         hard_active = self.mode in HARD_TERM and self.active(step)
         if hard_active:

@@ -317,6 +317,20 @@ def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in owners}
 
 
+def _constructor_refused(name: str | None, factory: Any, options: dict[str, Any], err: TypeError) -> str:
+    """Whose mistake a TypeError from a generator's constructor is: the recipe's options (an option it does
+    not take) or the class's (abstract methods left, an ``__init__`` without ``image_size``/``channels``)."""
+    text = first_line(err)
+    if any(f"'{key}'" in text for key in options):
+        return f"generator.options: {text}"
+    label = f"generator '{name}' ({getattr(factory, '__name__', type(factory).__name__)})"
+    if "abstract" in text:
+        return f"{label} cannot be made: {text}"
+    if "'image_size'" in text or "'channels'" in text:
+        return f"{label} cannot be made: {text}; its __init__ must take image_size and channels"
+    return f"{label} could not be built: TypeError: {text}"
+
+
 def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | str | None = None) -> Generator:
     """The recipe's generator for images of ``source``'s size and channels (pretrained if asked), on
     ``device`` (where it was made when None), checked against the interface
@@ -341,7 +355,7 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
         try:
             generator = factory(image_size=source.image_size, channels=source.channels, **options)
         except TypeError as err:
-            raise ConfigError(f"generator.options: {err}") from None
+            raise ConfigError(_constructor_refused(g.name, factory, options, err)) from None
         except (ValueError, AttributeError) as err:  # the constructor refused these settings
             raise ConfigError(f"generator '{g.name}' could not be built: {type(err).__name__}: {first_line(err)}") from None
     if not isinstance(generator, Generator):

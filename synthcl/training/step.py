@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from synthcl.augment import ViewAugment
-from synthcl.interfaces import ContrastiveLearner, Generator
+from synthcl.interfaces import ContrastiveLearner, Generator, scalar_loss
 from synthcl.nn.momentum import frozen_call
 from synthcl.synthesis.engine import Synthesizer
 from synthcl.training.session import step_seed
@@ -200,14 +200,14 @@ class GeneratorStep:
                 with torch.no_grad(), self.autocast():
                     fake = g(g.sample_latents(n))
                 with self.autocast():
-                    critic_loss = g.critic_loss(real, fake.float())
+                    critic_loss = scalar_loss(g.critic_loss(real, fake.float()), g, "critic_loss")
                 self.d_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 self.d_opt.step()
         # A realism term on real images alone (diffusion's denoising loss) gets no samples: none are drawn.
         with self.autocast():
             fake = g(g.sample_latents(n)).float() if g.realism_needs_samples else None
-            generator_loss = g.realism_loss(fake, real)
+            generator_loss = scalar_loss(g.realism_loss(fake, real), g, "realism_loss")
         self.g_opt.zero_grad(set_to_none=True)
         generator_loss.backward()
         self.g_opt.step()
