@@ -292,7 +292,15 @@ def test_a_failing_export_marks_the_run_failed_at_its_last_checkpoint(tmp_path, 
     assert_one_line_error(code, err, "NotImplementedError in --code file later.py, line "
                                      f"{_line_of(FAILING_LATER, 'saving is not written yet')}, in save_pretrained")
     assert status["status"] == "failed" and status["step"] == 2  # --resume continues from there
-    assert (tmp_path / "run" / "checkpoints").is_dir()
+    fixed = tmp_path / "fixed" / "later.py"  # the same module, its save_pretrained mended
+    fixed.parent.mkdir()
+    fixed.write_text(FAILING_LATER.replace('raise NotImplementedError("saving is not written yet")',
+                                           "return super().save_pretrained(path)"))
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "run" / "recipe.yaml"), "--out",
+                           str(tmp_path / "run"), "--resume", "--code", str(fixed), "-q")
+    assert code == 0, err
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "completed" and (tmp_path / "run" / "generator" / "config.json").is_file()
 
 
 def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path, tiny_recipe_file, one_thread,
