@@ -152,9 +152,10 @@ class Generator(nn.Module, abc.ABC):
         """
 
     def critic_loss(self, real: Tensor, fake: Tensor) -> Tensor | None:
-        """The critic's loss (a scalar) on real (B', C, H, W) and detached fake (B, C, H, W) images; None
-        when there is no critic. B and B' differ in joint training (fewer fakes than reals): average the
-        real and fake terms each over its own batch."""
+        """The critic's loss (a scalar) on real (B', C, H, W) and detached fake (B, C, H, W) images; called
+        only when :meth:`critic_parameters` is not empty (None, the default, stands for no critic). B and
+        B' differ in joint training (fewer fakes than reals): average the real and fake terms each over its
+        own batch."""
         return None
 
     def critic_parameters(self) -> list[nn.Parameter]:
@@ -320,10 +321,11 @@ class Generator(nn.Module, abc.ABC):
         return model
 
 
-def scalar_loss(value: object, g: Generator, method: str) -> Tensor:
+def scalar_loss(value: object, g: Generator, method: str, needs_grad: bool = True) -> Tensor:
     """``value``, what ``g.<method>`` (``realism_loss``, ``critic_loss``) returned in a training step, as a
-    0-d tensor; refused in one line naming the generator's class and the method when it is not one number
-    with a gradient (checked on metadata only: no host sync).
+    0-d tensor; refused in one line naming the generator's class and the method when it is not one number,
+    or, with ``needs_grad``, has no gradient (a term that is all the step minimises); checked on metadata
+    only: no host sync.
 
     Raises:
         ConfigError: a Python number, None, a tensor of several values or one without a gradient.
@@ -334,6 +336,6 @@ def scalar_loss(value: object, g: Generator, method: str) -> Tensor:
     if value.numel() != 1:
         raise ConfigError(f"{label} returned a tensor of shape {tuple(value.shape)}, not a scalar (average it "
                           "over the batch)")
-    if not value.requires_grad:
+    if needs_grad and not value.requires_grad:
         raise ConfigError(f"{label} returned a tensor without a gradient (computed under no_grad, or detached?)")
     return value.reshape(())

@@ -129,8 +129,8 @@ def _refuse_another_recipe(run_dir: Path, recipe: Recipe,
 def auto_resume_plan(run_dir: Path, recipe: Recipe) -> str:
     """What ``train(..., auto_resume=True)`` (``synthcl train --auto-resume``) does with ``run_dir``:
     ``"start"`` when it holds no run, ``"finished"`` when it holds this recipe's run trained to its end,
-    ``"resume"`` when it holds this recipe's run stopped part-way (killed, interrupted, cut short by
-    ``train.max_steps``, or stopped while warming its generator up). A script or a scheduler that runs the
+    ``"resume"`` when it holds this recipe's run stopped part-way (killed, interrupted, failed on an error
+    that need not come back, cut short by ``train.max_steps``, or stopped while warming its generator up). A script or a scheduler that runs the
     same command again after a pre-emption gets one run, trained once.
 
     Raises:

@@ -256,3 +256,10 @@ def test_auto_resume_refuses_another_recipe_a_diverged_run_and_other_flags(monke
     (trained_run / "run.json").write_text(json.dumps(status | {"status": "diverged", "step": 2}))
     code, _, err = run_cli(monkeypatch, capsys, "train", recipe, "--out", str(trained_run), "--auto-resume", "-q")
     assert_one_line_error(code, err, "diverged")
+    # A failed run (an error that may not come back: a file system that went away, a --code file since
+    # mended) is resumed, as a killed one is.
+    from synthcl.config import load_recipe
+    from synthcl.rundir import auto_resume_plan
+
+    (trained_run / "run.json").write_text(json.dumps(status | {"status": "failed", "step": 2, "error": "OSError: x"}))
+    assert auto_resume_plan(trained_run, load_recipe(recipe)) == "resume"

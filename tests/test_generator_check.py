@@ -260,10 +260,10 @@ class CannotSave(Mine):
 JOINT = {"synthesis": {"mode": "joint", "ratio": 0.25}, "train": {"max_steps": 2, "log_every": 1}}
 
 
-def _run_failing(name, sections, tmp_path, tiny_recipe_file, monkeypatch, capsys):
+def _run_failing(name, sections, tmp_path, tiny_recipe_file, monkeypatch, capsys, pretrain_steps=0):
     code_file = tmp_path / "later.py"
     code_file.write_text(FAILING_LATER)
-    recipe = tiny_recipe_file(**merge(sections, {"generator": {"name": name, "pretrain_steps": 0},
+    recipe = tiny_recipe_file(**merge(sections, {"generator": {"name": name, "pretrain_steps": pretrain_steps},
                                                  "data": {"num_workers": 0}}))
     monkeypatch.delenv("SYNTHCL_DEBUG", raising=False)
     code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "--code",
@@ -279,8 +279,8 @@ def test_an_error_raised_in_the_users_code_names_its_line_and_the_run_is_marked_
         tmp_path, tiny_recipe_file, one_thread, monkeypatch, capsys):
     code, err, status = _run_failing("later-sum", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys)
     line = _line_of(FAILING_LATER, "return (torch.relu(1 - self.critic")
-    assert_one_line_error(code, err, f"error: RuntimeError in --code file later.py, line {line}, in critic_loss: "
-                                     "The size of tensor a")
+    assert_one_line_error(code, err, f"error: RuntimeError in --code file {tmp_path / 'later.py'}, line {line}, "
+                                     "in critic_loss: The size of tensor a")
     assert "a bug in synthcl" not in err
     assert status["status"] == "failed" and status["step"] == 0 and status["error"].startswith("RuntimeError: ")
 
@@ -289,7 +289,7 @@ def test_a_failing_export_marks_the_run_failed_at_its_last_checkpoint(tmp_path, 
                                                                       monkeypatch, capsys):
     code, err, status = _run_failing("later-save", {"stage": "generator", "train": {"max_steps": 2}}, tmp_path,
                                      tiny_recipe_file, monkeypatch, capsys)
-    assert_one_line_error(code, err, "NotImplementedError in --code file later.py, line "
+    assert_one_line_error(code, err, f"NotImplementedError in --code file {tmp_path / 'later.py'}, line "
                                      f"{_line_of(FAILING_LATER, 'saving is not written yet')}, in save_pretrained")
     assert status["status"] == "failed" and status["step"] == 2  # --resume continues from there
     fixed = tmp_path / "fixed" / "later.py"  # the same module, its save_pretrained mended
@@ -316,17 +316,32 @@ class RenamedSize(Base):
         super().__init__(size, channels)
 
 
+class NeedsDepth(Base):
+    def __init__(self, image_size, channels, *, depth):  # an option without a default
+        super().__init__(image_size, channels)
+
+
+class WrongCall(Base):
+    def __init__(self, image_size, channels, width=4):
+        super().__init__(image_size, channels)
+        self.extra = nn.Linear(4, 4, width=width)  # the class's own mistake, naming an option's name
+
+
 class AbstractLeft(Generator):  # realism_loss, sample_latents and forward not written
     pass
 
 
 @pytest.mark.parametrize(("cls", "options", "expected"), [
-    (Base, {"colour": 3}, "generator.options: MLPGenerator.__init__() got an unexpected keyword argument 'colour'"),
-    (RenamedSize, {}, "generator 'build-renamedsize' (RenamedSize) cannot be made: RenamedSize.__init__() got an "
-                      "unexpected keyword argument 'image_size'; its __init__ must take image_size and channels"),
+    (Base, {"colour": 3}, "generator.options: generator 'build-mlpgenerator' (MLPGenerator) got an unexpected "
+                          "keyword argument 'colour'"),
+    (NeedsDepth, {}, "generator.options: generator 'build-needsdepth' (NeedsDepth) missing a required argument: "
+                     "'depth'"),
+    (RenamedSize, {}, "generator 'build-renamedsize' (RenamedSize) cannot be made: its __init__ must take "
+                      "image_size and channels (got an unexpected keyword argument 'image_size')"),
+    (WrongCall, {"width": 8}, "generator 'build-wrongcall' (WrongCall) could not be built: TypeError: "),
     (AbstractLeft, {}, "generator 'build-abstractleft' (AbstractLeft) cannot be made: Can't instantiate abstract "
                        "class AbstractLeft"),
-], ids=["unknown-option", "renamed-size", "abstract"])
+], ids=["unknown-option", "missing-option", "renamed-size", "error-in-init", "abstract"])
 def test_a_constructor_error_blames_the_options_or_the_class(cls, options, expected, tiny_recipe):
     from synthcl.training.build import build_generator, load_train_source
 
@@ -348,8 +363,44 @@ def test_a_loss_that_is_not_one_number_is_refused_naming_the_method_in_either_st
     assert status["status"] == "failed"
 
 
-def test_a_one_element_loss_trains_in_the_generator_stage_as_in_joint(tmp_path, tiny_recipe_file, one_thread,
-                                                                       monkeypatch, capsys):
-    code, err, status = _run_failing("later-one", {"stage": "generator", "train": {"max_steps": 2}}, tmp_path,
-                                     tiny_recipe_file, monkeypatch, capsys)
+def test_a_failure_while_the_run_warms_its_generator_up_marks_the_run_failed(tmp_path, tiny_recipe_file,
+                                                                            one_thread, monkeypatch, capsys):
+    code, err, status = _run_failing("later-vector", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys,
+                                     pretrain_steps=2)
+    assert_one_line_error(code, err, "realism_loss returned a tensor of shape (")
+    assert status["status"] == "failed" and status["step"] == 0 and status["error"].startswith("ConfigError: ")
+
+
+@pytest.mark.parametrize("stage", ["generator", "joint"])
+def test_a_one_element_loss_trains_in_either_stage(stage, tmp_path, tiny_recipe_file, one_thread, monkeypatch,
+                                                   capsys):
+    sections = {"stage": "generator", "train": {"max_steps": 2}} if stage == "generator" else JOINT
+    code, err, status = _run_failing("later-one", sections, tmp_path, tiny_recipe_file, monkeypatch, capsys)
     assert code == 0 and status["status"] == "completed", err
+
+
+def test_an_error_synthcl_raised_below_a_call_from_user_code_names_both(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import os
+
+    from synthcl.cli.app import USER_FILES, _crash
+    from synthcl.registry import Registry
+
+    path = tmp_path / "calls.py"
+    path.write_text("def call(registry):\n    registry.register('a', 2)\n")
+    monkeypatch.setitem(USER_FILES, os.path.realpath(path), str(path))
+    spec = importlib.util.spec_from_file_location("synthcl_user_code_calls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    registry = Registry("widgets")
+    registry.register("a", 1)
+    with pytest.raises(ValueError) as info:
+        module.call(registry)  # the ValueError is raised in synthcl/registry.py
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("SYNTHCL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        _crash(info.value)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: unexpected ValueError: widget 'a' is already registered")
+    assert "registry.py:" in err and f"called from --code file {path}, line 2, in call; a bug in synthcl" in err

@@ -207,6 +207,34 @@ def test_divergence_backs_off_lambda_hard_then_stops(tmp_path, tiny_recipe):
     assert all(torch.isfinite(p).all() for p in gen.parameters())
 
 
+def test_processes_agree_on_a_synthesis_failure_and_name_the_earliest_bad_step():
+    """failed() is one reduce every process joins: a back-off limit reached on another process, or samples
+    that went non-finite there first, stop this one too, with the earliest step."""
+    synth = _setup("joint")[2]
+    seen = []
+
+    def other_process(state, op):  # this process's state against another's: at step 3 its samples went bad
+        seen.append(op)
+        return torch.maximum(state, torch.tensor([0, -3]))
+
+    assert synth.failed() is None
+    assert synth.failed(other_process) == (
+        "the generator's samples became non-finite at step 3. Try a lower generator.lr or generator.critic_lr")
+    synth._bad_images.fill_(-5)  # this process's own samples, later
+    assert "at step 3." in synth.failed(other_process) and "at step 5." in synth.failed()
+    assert "on another process" in synth.failed(lambda state, op: torch.maximum(state, torch.tensor([1, -3])))
+    assert seen == ["max"] * 2
+
+
+def test_non_finite_samples_are_flagged_without_a_sync_and_blame_the_generator():
+    _, gen, synth, augment, _ = _setup("joint")
+    with torch.no_grad():
+        next(gen.parameters()).fill_(float("nan"))
+    synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
+    assert synth.failed() == ("the generator's samples became non-finite at step 1. Try a lower generator.lr or "
+                              "generator.critic_lr")
+
+
 def test_joint_training_on_two_processes(tmp_path, tiny_recipe_file):
     import subprocess
     import sys

@@ -38,8 +38,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
-USER_FILES: set[str] = set()
-"""The ``--code`` files this process imported (real paths): an error raised in one is the user's to fix."""
+USER_FILES: dict[str, str] = {}
+"""The ``--code`` files this process imported: real path -> the path as given. An error raised in one is the
+user's to fix."""
 
 
 def load_code(paths: list[Path]) -> None:
@@ -55,7 +56,7 @@ def load_code(paths: list[Path]) -> None:
     for path in paths:
         if not path.is_file():
             _fail(f"--code file {path} does not exist")
-        USER_FILES.add(os.path.realpath(path))
+        USER_FILES[os.path.realpath(path)] = str(path)
         spec = importlib.util.spec_from_file_location(f"synthcl_user_code_{path.stem}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -363,27 +364,51 @@ def _crash(err: BaseException) -> None:
         log = None
     text = str(err).strip().splitlines()
     where = f"the traceback is in {log}" if log else "set SYNTHCL_DEBUG=1 to see the traceback"
-    frame = _user_frame(err)
-    if frame is not None:  # raised in (or below) the user's own code: name the line to look at
-        typer.echo(f"error: {type(err).__name__} in --code file {Path(frame.filename).name}, line {frame.lineno}, "
-                   f"in {frame.name}{': ' + text[0] if text else ''} ({where})", err=True)
-        sys.exit(EXIT_USER_ERROR)
+    found = _user_frame(err)
+    if found is not None:  # raised in the user's own code, or below a call from it: name the line to look at
+        raised, frame, inner = found
+        lines = str(raised).strip().splitlines()
+        name, message = type(raised).__name__, f": {lines[0]}" if lines else ""
+        at = f"--code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in {frame.name}"
+        if inner is None:
+            typer.echo(f"error: {name} in {at}{message} ({where})", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        typer.echo(f"error: unexpected {name}{message} (raised in synthcl at {inner.filename}:{inner.lineno}, called from "
+                   f"{at}; a bug in synthcl or in --code; {where})", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)
     typer.echo(f"error: unexpected {type(err).__name__}{': ' + text[0] if text else ''} (a bug in synthcl or in "
                f"--code; {where})", err=True)
     sys.exit(EXIT_INTERNAL_ERROR)
 
 
-def _user_frame(err: BaseException) -> Any:
-    """The innermost frame of a ``--code`` file in ``err``'s traceback (or in the error it was raised
-    from), or None when the error never passed through the user's code."""
+def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
+    """Where an error met the user's code: (the exception whose traceback holds it, the innermost frame of a
+    ``--code`` file, the innermost synthcl frame below that one or None), following the errors it was
+    raised from as the printed traceback does; None when it never passed through a ``--code`` file."""
     import traceback
 
+    if not USER_FILES:
+        return None
     seen: set[int] = set()
     current: BaseException | None = err
-    while current is not None and id(current) not in seen and USER_FILES:
+    while current is not None and id(current) not in seen:
         seen.add(id(current))
-        for frame in reversed(traceback.extract_tb(current.__traceback__)):
-            if os.path.realpath(frame.filename) in USER_FILES:
-                return frame
-        current = current.__cause__ or current.__context__
+        frames = traceback.extract_tb(current.__traceback__)
+        for index in range(len(frames) - 1, -1, -1):
+            if os.path.realpath(frames[index].filename) in USER_FILES:
+                below = [f for f in frames[index + 1:] if _is_synthcl(f.filename)]
+                return current, frames[index], (below[-1] if below else None)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
+
+
+def _is_synthcl(filename: str) -> bool:
+    import importlib.util
+
+    import synthcl
+
+    roots = [Path(synthcl.__file__).parent]
+    spec = importlib.util.find_spec("synthcl.generators")
+    roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    path = Path(os.path.realpath(filename))
+    return any(path.is_relative_to(os.path.realpath(root)) for root in roots)

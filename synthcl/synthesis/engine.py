@@ -41,6 +41,10 @@ MAX_BACKOFFS = 10
 MIN_HARDNESS = 0.01  # the controller works in log space: it never reaches 0
 
 
+NO_STEP = -(2**62)
+"""The non-finite-sample flag before any step raised it."""
+
+
 def mean_across_processes(values: Tensor) -> Tensor:
     """The mean of ``values`` over processes (identity in one process): every process steers alike."""
     import torch.distributed as dist
@@ -115,9 +119,10 @@ class Synthesizer:
         self.balance: float | None = None  # lambda_hard_mode balanced: |realism grad| / |hard grad|, measured
         self.backoffs = 0
         self.failure: str | None = None
-        # The first step (1-based) whose samples held a NaN or an infinity, flagged on the device (no sync):
-        # the learner's loss goes non-finite at the same step, and the message must blame the generator.
-        self._bad_images = torch.full((), -1, dtype=torch.long, device=next(generator.parameters()).device)
+        # Minus the first step (1-based) whose samples held a NaN or an infinity, flagged on the device (no
+        # sync; negated so that a max across processes finds the earliest): the learner's loss goes
+        # non-finite at the same step, and the message must blame the generator.
+        self._bad_images = torch.full((), NO_STEP, dtype=torch.long, device=next(generator.parameters()).device)
         self._pending = False  # synthesize() prepared a generator update
         self._fake: Tensor | None = None
         self._views: Tensor | None = None
@@ -230,15 +235,16 @@ class Synthesizer:
                 first, second = g.pair(z, self.schedule(step)["hardness"], generator=rng)
                 k = self.config.pair_views
                 views = torch.cat([augment(to_unit(first), k, rng), augment(to_unit(second), k, rng)])
+                finite = torch.isfinite(first.detach()).all() & torch.isfinite(second.detach()).all()
                 per_group = 2 * k
                 if embed is not None and self.observing(step):
                     self.observe(step, first, second, embed)
             else:
                 first = g(z)
                 views = augment(to_unit(first), 2, rng)
+                finite = torch.isfinite(first.detach()).all()
                 per_group = 2
-        newly_bad = ~torch.isfinite(first.detach()).all() & (self._bad_images < 0)
-        self._bad_images = torch.where(newly_bad, step + 1, self._bad_images)
+        self._bad_images = torch.where(~finite & (self._bad_images == NO_STEP), -(step + 1), self._bad_images)
         groups = (torch.arange(m, device=views.device) + group_base).repeat(per_group)
         self._fake, self._views, self._groups = (first, views, groups) if self._pending else (None, None, None)
         self.times["synthesize"] += time.perf_counter() - start
@@ -278,10 +284,13 @@ class Synthesizer:
 
         start = time.perf_counter()
         weights = self.schedule(step)
-        with self.autocast():
-            realism = scalar_loss(g.realism_loss(None if fake is None else fake.float(), real), g, "realism_loss")
-        hard = torch.zeros((), device=real.device)
         hard_active = self.mode in HARD_TERM and self.active(step)
+        with self.autocast():
+            # With the hard term on, a realism term without a gradient (a constant) is allowed: the hard
+            # term alone then trains the generator.
+            realism = scalar_loss(g.realism_loss(None if fake is None else fake.float(), real), g, "realism_loss",
+                                  needs_grad=not hard_active)
+        hard = torch.zeros((), device=real.device)
         if hard_active:
             views = views.float()  # a bf16 generator hands bf16 views; the pass's own precision applies
             if self.config.hard_real_negatives and real_views is not None:
@@ -344,15 +353,21 @@ class Synthesizer:
         return self.balance
 
     def failed(self, reduce: Callable[[Tensor, str], Tensor] | None = None) -> str | None:
-        """Why synthesis stopped the run, or None: too many back-offs, or samples that became non-finite
-        (one host sync; every process calls it at the same step, ``reduce(tensor, "max")`` across them)."""
-        if self.failure is not None:
-            return self.failure
-        flag = reduce(self._bad_images.clone(), "max") if reduce is not None else self._bad_images
-        if int(flag) >= 0:
-            return (f"the generator's samples became non-finite at step {int(flag)}. "
-                    "Try a lower generator.lr or generator.critic_lr")
-        return None
+        """Why synthesis stopped the run, or None: too many back-offs, or samples that became non-finite.
+
+        Every process calls it at the same step and they agree (one ``reduce(tensor, "max")`` and one host
+        sync): back-offs are decided on each process's own batch, and a process that stopped alone would
+        leave the others waiting.
+        """
+        state = torch.stack([torch.full_like(self._bad_images, int(self.failure is not None)), self._bad_images])
+        any_failure, first = (reduce(state, "max") if reduce is not None else state).tolist()
+        if any_failure:
+            return self.failure or "synthesis diverged on another process (lambda_hard backed off too often there)"
+        if first == NO_STEP:
+            return None
+        hint = ("Try a lower generator.lr or generator.critic_lr" if self.trains_generator else
+                "The generator is frozen in this mode: check generator.pretrained with synthcl generate")
+        return f"the generator's samples became non-finite at step {-first}. {hint}"
 
     def back_off(self, step: int, reason: str) -> None:
         """Halve (by ``backoff``) lambda_hard; record a failure after too many back-offs."""

@@ -317,17 +317,30 @@ def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in owners}
 
 
-def _constructor_refused(name: str | None, factory: Any, options: dict[str, Any], err: TypeError) -> str:
-    """Whose mistake a TypeError from a generator's constructor is: the recipe's options (an option it does
-    not take) or the class's (abstract methods left, an ``__init__`` without ``image_size``/``channels``)."""
-    text = first_line(err)
-    if any(f"'{key}'" in text for key in options):
-        return f"generator.options: {text}"
+def _constructor_refused(name: str | None, factory: Any, arguments: dict[str, Any], err: TypeError | None) -> str | None:
+    """Whose mistake a generator's constructor refusing its arguments is: the recipe's options (one it does
+    not take, one it needs), or the class's (an ``__init__`` without ``image_size``/``channels``, abstract
+    methods left, a TypeError raised in its body). ``err`` None: the arguments are bound to the constructor's
+    signature first, without calling it (None when they fit)."""
     label = f"generator '{name}' ({getattr(factory, '__name__', type(factory).__name__)})"
+    if err is None:
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will say
+            return None
+        try:
+            signature.bind_partial(image_size=arguments["image_size"], channels=arguments["channels"])
+        except TypeError as bind_err:
+            return (f"{label} cannot be made: its __init__ must take image_size and channels "
+                    f"({first_line(bind_err)})")
+        try:
+            signature.bind(**arguments)
+        except TypeError as bind_err:
+            return f"generator.options: {label} {first_line(bind_err)}"
+        return None
+    text = first_line(err)
     if "abstract" in text:
         return f"{label} cannot be made: {text}"
-    if "'image_size'" in text or "'channels'" in text:
-        return f"{label} cannot be made: {text}; its __init__ must take image_size and channels"
     return f"{label} could not be built: TypeError: {text}"
 
 
@@ -352,10 +365,14 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
             )
     else:
         factory = GENERATORS.get(g.name)
+        arguments = {"image_size": source.image_size, "channels": source.channels, **options}
+        refused = _constructor_refused(g.name, factory, arguments, None)
+        if refused is not None:
+            raise ConfigError(refused)
         try:
-            generator = factory(image_size=source.image_size, channels=source.channels, **options)
+            generator = factory(**arguments)
         except TypeError as err:
-            raise ConfigError(_constructor_refused(g.name, factory, options, err)) from None
+            raise ConfigError(_constructor_refused(g.name, factory, arguments, err)) from None
         except (ValueError, AttributeError) as err:  # the constructor refused these settings
             raise ConfigError(f"generator '{g.name}' could not be built: {type(err).__name__}: {first_line(err)}") from None
     if not isinstance(generator, Generator):

@@ -254,6 +254,7 @@ class RunSession:
         if self._stop_agreed(done):
             self.check_divergence()
             self.save(done)
+            self.last_good = done
             self.write_status("interrupted", done)
             raise RunInterrupted(
                 f"interrupted after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
