@@ -198,61 +198,36 @@ def test_train_refuses_the_broken_generator_in_one_line_before_any_step(stage, t
 
 # --- what a user's generator does wrong mid-run: said in one line that points at the user's code --------
 
-FAILING_LATER = '''
-import torch
-from torch import nn
-from synthcl import GENERATORS, Generator
-
-
-class Mine(Generator):
-    def __init__(self, image_size, channels):
-        super().__init__(image_size, channels)
-        self.net = nn.Linear(4, channels * image_size**2)
-        self.critic = nn.Linear(channels * image_size**2, 1)
-
-    def sample_latents(self, n, generator=None):
-        return torch.randn(n, 4, generator=generator)
-
-    def forward(self, z):
-        return torch.tanh(self.net(z)).view(-1, self.channels, self.image_size, self.image_size)
-
-    def realism_loss(self, fake, real):
-        return -self.critic(fake.flatten(1)).mean()
-
-    def critic_loss(self, real, fake):
-        return torch.relu(1 - self.critic(real.flatten(1))).mean() + torch.relu(1 + self.critic(fake.flatten(1))).mean()
-
-    def critic_parameters(self):
-        return list(self.critic.parameters())
-
+# test_generators' user generator, unregistered, as the base of one mistake each
+FAILING_LATER = USER_GENERATOR.replace('@GENERATORS.register("test-mlp")\n', "") + '''
 
 @GENERATORS.register("later-sum")
-class SumsRows(Mine):
+class SumsRows(MLPGenerator):
     def critic_loss(self, real, fake):  # per-row sum of a real and a fake batch: joint mode hands fewer fakes
         return (torch.relu(1 - self.critic(real.flatten(1))) + torch.relu(1 + self.critic(fake.flatten(1)))).mean()
 
 
 @GENERATORS.register("later-nan")
-class NanWhenTrained(Mine):
+class NanWhenTrained(MLPGenerator):
     def forward(self, z):  # finite in the build-time check (no gradient), not once training starts
         x = super().forward(z)
         return x * float("nan") if torch.is_grad_enabled() else x
 
 
 @GENERATORS.register("later-vector")
-class PerRow(Mine):
+class PerRow(MLPGenerator):
     def realism_loss(self, fake, real):  # one value per sample, not averaged
         return -self.critic(fake.flatten(1)).squeeze(1)
 
 
 @GENERATORS.register("later-one")
-class OneElement(Mine):
+class OneElement(MLPGenerator):
     def realism_loss(self, fake, real):  # shape (1,): one number, taken as one
         return -self.critic(fake.flatten(1)).mean().reshape(1)
 
 
 @GENERATORS.register("later-save")
-class CannotSave(Mine):
+class CannotSave(MLPGenerator):
     def save_pretrained(self, path):
         raise NotImplementedError("saving is not written yet")
 '''
