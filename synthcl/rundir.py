@@ -130,8 +130,8 @@ def auto_resume_plan(run_dir: Path, recipe: Recipe) -> str:
     """What ``train(..., auto_resume=True)`` (``synthcl train --auto-resume``) does with ``run_dir``:
     ``"start"`` when it holds no run, ``"finished"`` when it holds this recipe's run trained to its end,
     ``"resume"`` when it holds this recipe's run stopped part-way (killed, interrupted, failed on an error
-    that need not come back, cut short by ``train.max_steps``, or stopped while warming its generator up). A script or a scheduler that runs the
-    same command again after a pre-emption gets one run, trained once.
+    that need not come back, cut short by ``train.max_steps``, or stopped while warming its generator up).
+    A script or a scheduler that runs the same command again after a pre-emption gets one run, trained once.
 
     Raises:
         ConfigError: the run there was trained from another recipe.

@@ -389,6 +389,7 @@ def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
 
     if not USER_FILES:
         return None
+    roots = _synthcl_roots()
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -396,19 +397,20 @@ def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
         frames = traceback.extract_tb(current.__traceback__)
         for index in range(len(frames) - 1, -1, -1):
             if os.path.realpath(frames[index].filename) in USER_FILES:
-                below = [f for f in frames[index + 1:] if _is_synthcl(f.filename)]
+                below = [f for f in frames[index + 1:]
+                         if any(Path(os.path.realpath(f.filename)).is_relative_to(root) for root in roots)]
                 return current, frames[index], (below[-1] if below else None)
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 
-def _is_synthcl(filename: str) -> bool:
+def _synthcl_roots() -> list[Path]:
+    """The folders of synthcl's own code (real paths): the package, and its generators, which a checkout
+    keeps beside it."""
     import importlib.util
 
     import synthcl
 
-    roots = [Path(synthcl.__file__).parent]
     spec = importlib.util.find_spec("synthcl.generators")
-    roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
-    path = Path(os.path.realpath(filename))
-    return any(path.is_relative_to(os.path.realpath(root)) for root in roots)
+    found = [Path(synthcl.__file__).parent, *((spec.submodule_search_locations or []) if spec else [])]
+    return [Path(os.path.realpath(root)) for root in found]

@@ -317,31 +317,27 @@ def portable_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in owners}
 
 
-def _constructor_refused(name: str | None, factory: Any, arguments: dict[str, Any], err: TypeError | None) -> str | None:
-    """Whose mistake a generator's constructor refusing its arguments is: the recipe's options (one it does
-    not take, one it needs), or the class's (an ``__init__`` without ``image_size``/``channels``, abstract
-    methods left, a TypeError raised in its body). ``err`` None: the arguments are bound to the constructor's
-    signature first, without calling it (None when they fit)."""
-    label = f"generator '{name}' ({getattr(factory, '__name__', type(factory).__name__)})"
-    if err is None:
-        try:
-            signature = inspect.signature(factory)
-        except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will say
-            return None
-        try:
-            signature.bind_partial(image_size=arguments["image_size"], channels=arguments["channels"])
-        except TypeError as bind_err:
-            return (f"{label} cannot be made: its __init__ must take image_size and channels "
-                    f"({first_line(bind_err)})")
-        try:
-            signature.bind(**arguments)
-        except TypeError as bind_err:
-            return f"generator.options: {label} {first_line(bind_err)}"
-        return None
-    text = first_line(err)
-    if "abstract" in text:
-        return f"{label} cannot be made: {text}"
-    return f"{label} could not be built: TypeError: {text}"
+def _refuse_arguments(label: str, factory: Any, arguments: dict[str, Any]) -> None:
+    """Bind the constructor's arguments to its signature, without calling it: an ``__init__`` that does not
+    take ``image_size``/``channels`` is the class's mistake, an option it does not take (or one it needs) the
+    recipe's. A TypeError the call raises after this passed comes from the class's body.
+
+    Raises:
+        ConfigError: naming the generator and whose mistake it is.
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will say
+        return
+    try:
+        signature.bind_partial(image_size=arguments["image_size"], channels=arguments["channels"])
+    except TypeError as err:
+        raise ConfigError(f"{label} cannot be made: its __init__ must take image_size and channels "
+                          f"({first_line(err)})") from None
+    try:
+        signature.bind(**arguments)
+    except TypeError as err:
+        raise ConfigError(f"generator.options: {label} {first_line(err)}") from None
 
 
 def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | str | None = None) -> Generator:
@@ -365,16 +361,16 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
             )
     else:
         factory = GENERATORS.get(g.name)
+        label = f"generator '{g.name}' ({getattr(factory, '__name__', type(factory).__name__)})"
         arguments = {"image_size": source.image_size, "channels": source.channels, **options}
-        refused = _constructor_refused(g.name, factory, arguments, None)
-        if refused is not None:
-            raise ConfigError(refused)
+        _refuse_arguments(label, factory, arguments)
         try:
             generator = factory(**arguments)
-        except TypeError as err:
-            raise ConfigError(_constructor_refused(g.name, factory, arguments, err)) from None
-        except (ValueError, AttributeError) as err:  # the constructor refused these settings
-            raise ConfigError(f"generator '{g.name}' could not be built: {type(err).__name__}: {first_line(err)}") from None
+        except (TypeError, ValueError, AttributeError) as err:  # the class refused these settings, or failed
+            text = first_line(err)
+            if isinstance(err, TypeError) and "abstract" in text:
+                raise ConfigError(f"{label} cannot be made: {text}") from None
+            raise ConfigError(f"{label} could not be built: {type(err).__name__}: {text}") from None
     if not isinstance(generator, Generator):
         raise ConfigError(f"generator '{g.name}' does not subclass synthcl.Generator")
     made = (getattr(generator, "image_size", None), getattr(generator, "channels", None))
