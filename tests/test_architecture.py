@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import modules of its own layer or below; the package __init__ files of
 # synthcl (the curated public API) and of its subpackages are the layer of what they gather.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["synthcl._version", "synthcl.errors", "synthcl.io", "synthcl.progress"]),
+    ("foundation", ["synthcl._version", "synthcl.errors", "synthcl.flags", "synthcl.io", "synthcl.progress"]),
     ("registry and primitives", ["synthcl.registry", "synthcl.losses", "synthcl.weights", "synthcl.viz"]),
     ("recipes, data, networks", ["synthcl.config", "synthcl.augment", "synthcl.data", "synthcl.nn"]),
     ("interfaces and run directory", ["synthcl.interfaces", "synthcl.rundir"]),

@@ -283,7 +283,7 @@ def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path
     code, err, status = _run_failing("later-nan", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys)
     assert_one_line_error(code, err, "the generator's samples became non-finite at step 1")
     assert "optim.lr" not in err and "generator.lr" in err
-    assert status["status"] == "diverged"
+    assert status["status"] == "diverged" and status["diverged_at"] == 1  # the step, not null
 
 
 class RenamedSize(Base):

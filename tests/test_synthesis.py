@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from test_cli import run_cli
 
 from synthcl.config import GeneratorConfig, ModelConfig, SynthesisConfig
+from synthcl.flags import NO_STEP
 from synthcl.learners import SimCLR
 from synthcl.nn.backbones import SmallCNN
 from synthcl.nn.momentum import frozen_call
@@ -203,6 +204,7 @@ def test_divergence_backs_off_lambda_hard_then_stops(tmp_path, tiny_recipe):
         synth.synthesize(step, 8, 100, augment, torch.Generator().manual_seed(step))
         synth.update_generator(step, real, lambda v, g: frozen_loss(v, g) * float("nan"))
     assert synth.failure is not None and "back-offs" in synth.failure
+    assert synth.failed() == (synth.failure, synth.failure_step) and synth.failure_step == 11  # the 11th back-off
     # The generator never took a step on a NaN loss.
     assert all(torch.isfinite(p).all() for p in gen.parameters())
 
@@ -213,17 +215,25 @@ def test_processes_agree_on_a_synthesis_failure_and_name_the_earliest_bad_step()
     synth = _setup("joint")[2]
     seen = []
 
-    def other_process(state, op):  # this process's state against another's: at step 3 its samples went bad
-        seen.append(op)
-        return torch.maximum(state, torch.tensor([0, -3]))
+    def other_process(backed_off, bad_images):  # another process's marks (minus the step; NO_STEP: none)
+        def reduce(state, op):
+            seen.append(op)
+            return torch.maximum(state, torch.tensor([backed_off, bad_images]))
+        return reduce
 
-    assert synth.failed() is None
-    assert synth.failed(other_process) == (
-        "the generator's samples became non-finite at step 3. Try a lower generator.lr or generator.critic_lr")
-    synth._bad_images.fill_(-5)  # this process's own samples, later
-    assert "at step 3." in synth.failed(other_process) and "at step 5." in synth.failed()
-    assert "on another process" in synth.failed(lambda state, op: torch.maximum(state, torch.tensor([1, -3])))
-    assert seen == ["max"] * 2
+    assert synth.failed() is None and synth.failed(other_process(NO_STEP, NO_STEP)) is None
+    samples_at_3 = other_process(NO_STEP, -3)
+    assert synth.failed(samples_at_3) == (
+        "the generator's samples became non-finite at step 3. Try a lower generator.lr or generator.critic_lr", 3)
+    synth._bad_images.flag(torch.tensor(True), 5)  # this process's own samples, later
+    assert synth.failed(samples_at_3)[1] == 3 and synth.failed() == (
+        "the generator's samples became non-finite at step 5. Try a lower generator.lr or generator.critic_lr", 5)
+    assert synth.failed(other_process(-4, NO_STEP)) == (
+        "synthesis diverged at step 4 on another process (lambda_hard backed off too often there)", 4)
+    assert synth.failed(other_process(-6, NO_STEP))[1] == 5  # the samples went bad first
+    synth.failure, synth.failure_step = "synthesis diverged at step 2 (x) after 10 back-offs of lambda_hard", 2
+    assert synth.failed(other_process(-4, -3)) == (synth.failure, 2)
+    assert seen == ["max"] * 6
 
 
 def test_non_finite_samples_are_flagged_without_a_sync_and_blame_the_generator():
@@ -232,7 +242,7 @@ def test_non_finite_samples_are_flagged_without_a_sync_and_blame_the_generator()
         next(gen.parameters()).fill_(float("nan"))
     synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
     assert synth.failed() == ("the generator's samples became non-finite at step 1. Try a lower generator.lr or "
-                              "generator.critic_lr")
+                              "generator.critic_lr", 1)
 
 
 def test_joint_training_on_two_processes(tmp_path, tiny_recipe_file):

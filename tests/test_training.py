@@ -15,6 +15,7 @@ from synthcl.interfaces import ContrastiveLearner
 from synthcl.learners import SimCLR
 from synthcl.registry import LEARNERS
 from synthcl.training import train
+from synthcl.training.session import RunSession
 
 
 def test_run_directory_holds_everything(tmp_path, tiny_recipe):
@@ -120,7 +121,51 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, tiny_
     assert meta["step"] == 2
     weights = _weights(tmp_path / "run")
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
-    assert json.loads((tmp_path / "run/run.json").read_text())["status"] == "diverged"
+    status = json.loads((tmp_path / "run/run.json").read_text())
+    assert status["status"] == "diverged" and status["diverged_at"] == 4
+
+
+def _session(tmp_path, reduce=None, failure=None):
+    return RunSession(tmp_path, {}, run_steps=10, start_step=0, steps_per_epoch=10, log_every=5, checkpoint_every=5,
+                      columns=["step", "epoch", "loss"], loss_names=["loss"], save=lambda step: None,
+                      divergence=("loss", "Try a lower optim.lr"), batch_size=4, title="t", quiet=True,
+                      reduce=reduce, failure=failure)
+
+
+def test_processes_agree_on_the_earliest_non_finite_loss(tmp_path):
+    """Each process flags its own first bad step; the reduce finds the earliest of all, and the values printed
+    are this process's only where its step is that one."""
+    seen = []
+
+    def other_process_bad_at(step):
+        def reduce(state, op):
+            seen.append(op)
+            return torch.maximum(state, torch.full_like(state, -step))
+        return reduce
+
+    session = _session(tmp_path, reduce=other_process_bad_at(2))
+    for step in range(4):
+        session.record(step, torch.tensor([float("inf") if step >= 2 else 1.0]))  # bad from step 3 here
+    with pytest.raises(TrainingDiverged, match="loss became non-finite at step 2 on another process"):
+        session.check_divergence()
+    assert json.loads((tmp_path / "run.json").read_text())["diverged_at"] == 2 and seen == ["max"]
+    session = _session(tmp_path, reduce=other_process_bad_at(7))  # the other process went bad later
+    for step in range(4):
+        session.record(step, torch.tensor([float("inf") if step >= 2 else 1.0]))
+    with pytest.raises(TrainingDiverged, match=r"loss became inf at step 3;"):
+        session.check_divergence()
+    assert json.loads((tmp_path / "run.json").read_text())["diverged_at"] == 3
+    session = _session(tmp_path, reduce=lambda state, op: state)
+    session.record(0, torch.tensor([1.0]))
+    session.check_divergence()  # nothing went wrong anywhere
+
+
+def test_a_synthesis_failure_records_its_step(tmp_path):
+    session = _session(tmp_path, failure=lambda: ("synthesis diverged at step 6 (x)", 6))
+    with pytest.raises(TrainingDiverged, match="synthesis diverged at step 6"):
+        session.check_divergence()
+    status = json.loads((tmp_path / "run.json").read_text())
+    assert status["status"] == "diverged" and status["diverged_at"] == 6
 
 
 def test_learner_interface_is_what_the_loop_uses():

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from synthcl.config import GeneratorConfig, SynthesisConfig
+from synthcl.flags import FirstStep, Reduce, earliest, mark_of
 from synthcl.interfaces import Generator, scalar_loss
 
 TRAINS_GENERATOR = {"hard-samples", "hard-pairs", "joint"}
@@ -39,10 +40,6 @@ USES_PAIRS = {"hard-pairs", "joint", "static-pairs"}
 HARD_TERM = {"hard-samples", "joint"}
 MAX_BACKOFFS = 10
 MIN_HARDNESS = 0.01  # the controller works in log space: it never reaches 0
-
-
-NO_STEP = -(2**62)
-"""The non-finite-sample flag before any step raised it."""
 
 
 def mean_across_processes(values: Tensor) -> Tensor:
@@ -119,10 +116,10 @@ class Synthesizer:
         self.balance: float | None = None  # lambda_hard_mode balanced: |realism grad| / |hard grad|, measured
         self.backoffs = 0
         self.failure: str | None = None
-        # Minus the first step (1-based) whose samples held a NaN or an infinity, flagged on the device (no
-        # sync; negated so that a max across processes finds the earliest): the learner's loss goes
-        # non-finite at the same step, and the message must blame the generator.
-        self._bad_images = torch.full((), NO_STEP, dtype=torch.long, device=next(generator.parameters()).device)
+        self.failure_step: int | None = None  # the (1-based) step of the back-off that made ``failure``
+        # The first step whose samples held a NaN or an infinity, flagged on the device (no sync): the
+        # learner's loss goes non-finite at the same step, and the message must blame the generator.
+        self._bad_images = FirstStep(next(generator.parameters()).device)
         self._pending = False  # synthesize() prepared a generator update
         self._fake: Tensor | None = None
         self._views: Tensor | None = None
@@ -244,7 +241,7 @@ class Synthesizer:
                 views = augment(to_unit(first), 2, rng)
                 finite = torch.isfinite(first.detach()).all()
                 per_group = 2
-        self._bad_images = torch.where(~finite & (self._bad_images == NO_STEP), -(step + 1), self._bad_images)
+        self._bad_images.flag(~finite, step + 1)
         groups = (torch.arange(m, device=views.device) + group_base).repeat(per_group)
         self._fake, self._views, self._groups = (first, views, groups) if self._pending else (None, None, None)
         self.times["synthesize"] += time.perf_counter() - start
@@ -352,31 +349,36 @@ class Synthesizer:
             return 1.0
         return self.balance
 
-    def failed(self, reduce: Callable[[Tensor, str], Tensor] | None = None) -> str | None:
-        """Why synthesis stopped the run, or None: too many back-offs, or samples that became non-finite.
+    def failed(self, reduce: Reduce | None = None) -> tuple[str, int] | None:
+        """Why synthesis stopped the run and at which step, or None: too many back-offs of lambda_hard, or
+        samples that became non-finite; the earliest of them over all processes.
 
         Every process calls it at the same step and they agree (one ``reduce(tensor, "max")`` and one host
         sync): back-offs are decided on each process's own batch, and a process that stopped alone would
         leave the others waiting.
         """
-        state = torch.stack([torch.full_like(self._bad_images, int(self.failure is not None)), self._bad_images])
-        any_failure, first = (reduce(state, "max") if reduce is not None else state).tolist()
-        if any_failure:
-            return self.failure or "synthesis diverged on another process (lambda_hard backed off too often there)"
-        if first == NO_STEP:
+        device = self._bad_images.mark.device
+        backed_off, bad_images = earliest([mark_of(self.failure_step, device), self._bad_images.mark], reduce)
+        if backed_off is not None and (bad_images is None or backed_off <= bad_images):
+            if self.failure is not None and self.failure_step == backed_off:
+                return self.failure, backed_off
+            return (f"synthesis diverged at step {backed_off} on another process (lambda_hard backed off too often "
+                    "there)", backed_off)
+        if bad_images is None:
             return None
         hint = ("Try a lower generator.lr or generator.critic_lr" if self.trains_generator else
                 "The generator is frozen in this mode: check generator.pretrained with synthcl generate")
-        return f"the generator's samples became non-finite at step {-first}. {hint}"
+        return f"the generator's samples became non-finite at step {bad_images}. {hint}", bad_images
 
     def back_off(self, step: int, reason: str) -> None:
         """Halve (by ``backoff``) lambda_hard; record a failure after too many back-offs."""
         self.lambda_scale *= self.config.backoff
         self.backoffs += 1
         self.last_backoff = f"step {step + 1}: {reason}; lambda_hard x{self.lambda_scale:.3g}"
-        if self.backoffs > MAX_BACKOFFS:
+        if self.backoffs > MAX_BACKOFFS and self.failure is None:  # the first time is the one to report
             self.failure = (f"synthesis diverged at step {step + 1} ({reason}) after {MAX_BACKOFFS} back-offs of "
                             "lambda_hard")
+            self.failure_step = step + 1
 
     # -- step 9, last: the partner --------------------------------------------------------------------------
 

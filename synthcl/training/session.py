@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged, first_line
+from synthcl.flags import FirstStep, Reduce, earliest
 from synthcl.io import atomic_write_text
 from synthcl.progress import ProgressBar
 from synthcl.rundir import LAST, METRICS_FILE, write_status
@@ -147,14 +148,16 @@ class RunSession:
         batch_size: images per step (throughput); title: the progress bar's; quiet: no bar.
         main: whether this process writes files; reduce: ``reduce(tensor, op)`` across processes (None:
             one process).
-        failure: a divergence found elsewhere (the synthesizer's monitor), checked first: its message or None.
+        failure: a divergence found elsewhere (the synthesizer's monitor), checked first: its message and the
+            (1-based) step it names, or None; every process calls it at the same step.
     """
 
     def __init__(self, run_dir: Path, info: dict[str, Any], *, run_steps: int, start_step: int, steps_per_epoch: int,
                  log_every: int, checkpoint_every: int, columns: list[str], loss_names: list[str],
                  save: Callable[[int], None], divergence: tuple[str, str], batch_size: int, title: str,
-                 quiet: bool, main: bool = True, reduce: Callable[[Tensor, str], Tensor] | None = None,
-                 failure: Callable[[], str | None] | None = None, device: torch.device | str = "cpu") -> None:
+                 quiet: bool, main: bool = True, reduce: Reduce | None = None,
+                 failure: Callable[[], tuple[str, int] | None] | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.run_dir, self.info = run_dir, info
         self.run_steps, self.start_step, self.steps_per_epoch = run_steps, start_step, steps_per_epoch
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
@@ -167,7 +170,7 @@ class RunSession:
         self.stop = StopRequest()
         self.batch_size = batch_size
         self._sums = torch.zeros(len(loss_names), device=device)
-        self._bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self._bad_step = FirstStep(device)
         self._bad_values = torch.zeros(len(loss_names), device=device)
         self._interval_start = self._run_start = time.perf_counter()
         self._interval_steps = 0
@@ -202,8 +205,7 @@ class RunSession:
 
     def record(self, step: int, losses: Tensor) -> None:
         """Add a step's losses (1-D, on the device) to the interval; flag the first non-finite one."""
-        newly_bad = (~torch.isfinite(losses).all()) & (self._bad_step < 0)
-        self._bad_step = torch.where(newly_bad, step + 1, self._bad_step)
+        newly_bad = self._bad_step.flag(~torch.isfinite(losses).all(), step + 1)
         self._bad_values = torch.where(newly_bad, losses, self._bad_values)
         self._sums += torch.nan_to_num(losses)
         self._interval_steps += 1
@@ -212,17 +214,22 @@ class RunSession:
         return f"{self.run_dir / 'checkpoints' / LAST} (step {self.last_good})" if self.last_good else "none yet"
 
     def check_divergence(self) -> None:
-        """One host sync: raise if any step since the start recorded a non-finite loss (or ``failure`` says so)."""
-        message = self.failure() if self.failure else None
-        if message is not None:
-            self.write_status("diverged", self.last_good, diverged_at=None)
+        """One host sync: raise if any step since the start recorded a non-finite loss on any process (or
+        ``failure`` says so), naming the earliest step."""
+        found = self.failure() if self.failure else None
+        if found is not None:
+            message, step = found
+            self.write_status("diverged", self.last_good, diverged_at=step)
             raise TrainingDiverged(f"{message}; stopped. Last good checkpoint: {self.where()}", what=message)
-        first = self.reduce(self._bad_step.clone(), "max") if self.reduce else self._bad_step
-        if int(first) >= 0:
-            self.write_status("diverged", self.last_good, diverged_at=int(first))
+        (first,) = earliest([self._bad_step.mark], self.reduce)
+        if first is not None:
+            self.write_status("diverged", self.last_good, diverged_at=first)
             label, hint = self.divergence
-            values = "/".join(f"{float(v):.4g}" for v in self._bad_values)
-            what = f"{label} became {values} at step {int(first)}"
+            if self._bad_step.local() == first:
+                values = "/".join(f"{float(v):.4g}" for v in self._bad_values)
+                what = f"{label} became {values} at step {first}"
+            else:  # the values are another process's
+                what = f"{label} became non-finite at step {first} on another process"
             raise TrainingDiverged(f"{what}; stopped. Last good checkpoint: {self.where()}. {hint}",
                                    what=what, advice=hint)
 
