@@ -230,6 +230,14 @@ class OneElement(MLPGenerator):
 class CannotSave(MLPGenerator):
     def save_pretrained(self, path):
         raise NotImplementedError("saving is not written yet")
+
+
+@GENERATORS.register("later-exit")
+class ExitsWhenTrained(MLPGenerator):
+    def realism_loss(self, fake, real):
+        import sys
+
+        sys.exit(0)  # status 0: the command must not look like a success
 '''
 
 JOINT = {"synthesis": {"mode": "joint", "ratio": 0.25}, "train": {"max_steps": 2, "log_every": 1}}
@@ -276,6 +284,14 @@ def test_a_failing_export_marks_the_run_failed_at_its_last_checkpoint(tmp_path, 
     assert code == 0, err
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "completed" and (tmp_path / "run" / "generator" / "config.json").is_file()
+
+
+def test_sys_exit_mid_run_in_a_code_file_is_an_error_named_at_its_line(tmp_path, tiny_recipe_file, monkeypatch,
+                                                                        capsys):
+    code, err, status = _run_failing("later-exit", JOINT, tmp_path, tiny_recipe_file, monkeypatch, capsys)
+    assert_one_line_error(code, err, f"--code file {tmp_path / 'later.py'}, line "
+                                     f"{_line_of(FAILING_LATER, 'sys.exit(0)')}, in realism_loss called sys.exit(0)")
+    assert status["status"] == "failed" and status["error"] == "SystemExit: 0"
 
 
 def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path, tiny_recipe_file, one_thread,

@@ -165,6 +165,27 @@ def test_unknown_generator_name(monkeypatch, capsys, tmp_path, tiny_recipe_file)
     assert_one_line_error(code, err, "unknown generator 'gann'; did you mean 'gan'?")
 
 
+def test_code_files_of_the_same_name_stay_two_modules(tmp_path):
+    """a/plugin.py and b/plugin.py: the second must not replace the first in sys.modules, or the first's
+    classes can no longer be found by pickle (or copy) under their module's name."""
+    import pickle
+
+    from synthcl.cli.app import load_code
+    from synthcl.registry import LEARNERS
+
+    files = []
+    for folder in "ab":
+        (tmp_path / folder).mkdir()
+        files.append(tmp_path / folder / "plugin.py")
+        files[-1].write_text(f"from synthcl.learners import SimCLR\nfrom synthcl.registry import LEARNERS\n\n\n"
+                             f"@LEARNERS.register('same-stem-{folder}', override=True)\n"
+                             f"class Learner{folder.upper()}(SimCLR):\n    pass\n")
+    load_code(files)
+    first, second = LEARNERS.get("same-stem-a"), LEARNERS.get("same-stem-b")
+    assert first.__module__ != second.__module__
+    assert pickle.loads(pickle.dumps(first)) is first and pickle.loads(pickle.dumps(second)) is second
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, user_generator):
     from synthcl.cli.app import load_code
 

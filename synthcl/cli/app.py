@@ -8,6 +8,7 @@ instead).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -56,8 +57,12 @@ def load_code(paths: list[Path]) -> None:
     for path in paths:
         if not path.is_file():
             _fail(f"--code file {path} does not exist")
-        USER_FILES[os.path.realpath(path)] = str(path)
-        spec = importlib.util.spec_from_file_location(f"synthcl_user_code_{path.stem}", path)
+        real = os.path.realpath(path)
+        USER_FILES[real] = str(path)
+        # One module name per file: two files of the same name (a/plugin.py, b/plugin.py) must not replace
+        # each other in sys.modules, where pickle and copy look their classes up.
+        name = f"synthcl_user_code_{path.stem}_{hashlib.sha256(real.encode()).hexdigest()[:8]}"
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -332,6 +337,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as err:  # sys.exit() in a --code file would end the command silently, even with status 0
+        frame = _user_exit(err)
+        if frame is None:
+            raise
+        code = "" if err.code is None else repr(err.code)
+        typer.echo(f"error: --code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in "
+                   f"{frame.name} called sys.exit({code}); synthcl stopped there (a run records it as failed)",
+                   err=True)
+        sys.exit(EXIT_USER_ERROR)
     except (MemoryError, RuntimeError) as err:  # sizes that cannot be allocated: one line, not a traceback
         text = str(err)
         if "failed writing file" in text or "No space left" in text:  # torch.save on a full disk
@@ -402,6 +416,15 @@ def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
                 return current, frames[index], (below[-1] if below else None)
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
+
+
+def _user_exit(err: SystemExit) -> Any:
+    """The innermost ``--code`` frame that a ``SystemExit`` passed through, or None (synthcl's own exits, and
+    click's, which carry the user's error only as their context)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.realpath(f.filename) in USER_FILES]
+    return frames[-1] if frames else None
 
 
 def _synthcl_roots() -> list[Path]:
