@@ -415,12 +415,30 @@ def by_seed(rows: list[dict]) -> dict[tuple[float, str], dict[int, dict]]:
     return groups
 
 
+def variant_parts(name: str) -> tuple[str, str | None, str | None]:
+    """``mode [base + knobs]`` -> (mode, variant, base variant): a variant named ``A + B`` is variant ``A``
+    with the knobs ``B`` on top (``--variant 'fp32, 1500 steps + speed knobs'``), so its plain twin and its
+    mode without the knobs are the rows of variant ``A``; a plain variant is its own base."""
+    if " [" not in name:
+        return name, None, None
+    mode, variant = name.split(" [", 1)[0], name.split(" [", 1)[1][:-1]
+    return mode, variant, variant.split(" + ", 1)[0]
+
+
 def plain_twin(name: str, groups: dict) -> list[str]:
     """The plain rows a run is compared with: `none`, and `none [v]` where a run ``mode [v]`` has a plain
-    twin trained with the same change (e.g. the same step count), whichever fractions hold it."""
-    variant = name.split(" [", 1)[1][:-1] if " [" in name else None
-    twin = f"none [{variant}]"
-    return ["none"] + ([twin] if variant and any(n == twin for (_, n) in groups) else [])
+    twin trained with the same change (e.g. the same step count), whichever fractions hold it; for a run
+    ``mode [v + knobs]``, `none [v]` (the knobs change only the synthesis, not plain SimCLR)."""
+    _, variant, base = variant_parts(name)
+    twins = list(dict.fromkeys(f"none [{v}]" for v in (variant, base) if v))
+    return ["none"] + [twin for twin in twins if any(n == twin for (_, n) in groups)]
+
+
+def without_knobs(name: str) -> str:
+    """The mode a variant's own effect is measured against: ``mode [v]`` -> ``mode``;
+    ``mode [v + knobs]`` -> ``mode [v]``."""
+    mode, variant, base = variant_parts(name)
+    return f"{mode} [{base}]" if variant is not None and base != variant else mode
 
 
 def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int, other_n: int) -> str:
@@ -454,8 +472,9 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         if not name.startswith("joint"):
             continue
         for control in ("static", "matched-views"):
-            twin = name.replace("joint", control, 1)
-            base = twin if (f, twin) in stats else control
+            # the control trained with the same change (the same variant, or its base without the knobs)
+            twins = [name.replace("joint", control, 1), without_knobs(name).replace("joint", control, 1)]
+            base = next((twin for twin in twins if (f, twin) in stats), control)
             other = stats.get((f, base)) if comparable(f, name, f, base) else None
             if other is not None:
                 gap = mean - other[0]
@@ -504,7 +523,7 @@ def paired(rows: list[dict], metric: str) -> list[str]:
         # Against plain SimCLR (and its twin `none [v]` where plain was trained with the same change, e.g. the
         # same step count); a variant ([knobs]) also against its mode without them (the knobs' own effect).
         variant = " [" in name and not name.startswith("none")
-        bases = plain_twin(name, groups) + ([name.split(" [", 1)[0]] if variant else [])
+        bases = plain_twin(name, groups) + ([without_knobs(name)] if variant else [])
         for base in bases:
             other = groups.get((f, base), {})
             seeds = sorted(set(group) & set(other))

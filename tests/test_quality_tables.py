@@ -325,6 +325,25 @@ def test_a_variant_meets_the_plain_run_trained_with_the_same_change(quality):
         "joint [knobs] - none", "joint [knobs] - joint"]
 
 
+def test_knobs_on_top_of_a_variant_meet_that_variants_rows(quality):
+    """`joint [1500 steps + fast]` is `joint [1500 steps]` with knobs on top: paired against `none [1500
+    steps]` (plain SimCLR has no knobs to turn) and against `joint [1500 steps]` (the knobs' own effect), and
+    compared with the controls of the same variant."""
+    rows = ROWS + [row("none", s, few, variant="1500 steps") for s, few in ((0, 81.0), (1, 82.0), (2, 83.0))]
+    rows += [row("joint", s, few, variant="1500 steps") for s, few in ((0, 83.5), (1, 84.0), (2, 85.5))]
+    rows += [row("matched-views", s, few, generator="-", variant="1500 steps") for s, few in ((0, 82.0), (1, 82.0),
+                                                                                             (2, 83.0))]
+    rows += [row("joint", s, few, variant="1500 steps + fast") for s, few in ((0, 83.0), (1, 83.5), (2, 85.0))]
+    lines = [line for line in quality.paired(rows, "few") if "+ fast" in line]
+    assert [line.split(" | ")[1] for line in lines] == [
+        "joint [1500 steps + fast] - none", "joint [1500 steps + fast] - none [1500 steps]",
+        "joint [1500 steps + fast] - joint [1500 steps]"]
+    assert "| -0.50 ± 0.00 | -0.50, -0.50, -0.50 | an effect (beyond 2 sd) |" in lines[2]
+    assert ("- f=0.01: joint [1500 steps + fast] - matched-views = +1.50 (target > 0): met"
+            in quality.targets(rows, "few"))
+    assert quality.without_knobs("joint [knobs]") == "joint" and quality.plain_twin("static", {}) == ["none"]
+
+
 def test_a_finished_row_is_in_the_store_before_the_grid_ends(quality, tmp_path, monkeypatch):
     """A grid stopped part-way (its process killed, its --runs folder lost) keeps every row it finished."""
     import argparse
