@@ -35,7 +35,7 @@ def stop_at_the_first_step(monkeypatch):
 
     def enter(self):
         entered = original(self)
-        self.requested = True
+        self.requested = "SIGINT"
         return entered
 
     monkeypatch.setattr(StopRequest, "__enter__", enter)

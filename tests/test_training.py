@@ -212,7 +212,8 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, tiny_recipe):
     assert all(0 < float(r["loss"]) < 100 for r in rows)
 
 
-def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_recipe_file):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's pre-emption or time limit
+def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_recipe_file, signal_name):
     import signal
     import subprocess
     import sys
@@ -231,11 +232,12 @@ def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_run(tmp_path, t
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signal_name))
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 2 and "interrupted after step" in err and "Traceback" not in err
+    by = " by SIGTERM" if signal_name == "SIGTERM" else ""
+    assert proc.returncode == 2 and f"interrupted{by} after step" in err and "Traceback" not in err
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "interrupted"
     stopped_at = json.loads((run / "checkpoints/last/meta.json").read_text())["step"]

@@ -105,26 +105,41 @@ class MetricsLog:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step (a clean checkpoint)."""
+    """Turns the first Ctrl-C (SIGINT), or the SIGTERM a scheduler sends before it pre-empts or times out a
+    job, into a request to stop after the current step with a clean checkpoint; a second one of the same
+    signal acts as it would have without synthcl."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.requested: str | None = None  # the name of the signal that asked
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None:
+                continue
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                break
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        self.requested = self.requested or signal.Signals(signum).name
+        signal.signal(signum, self._restored(signum))
+
+    def _restored(self, signum: int) -> Any:
+        previous = self._previous.get(signum)
+        if previous is not None:
+            return previous
+        return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number in self._previous:
+            signal.signal(number, self._restored(number))
+        self._previous = {}
 
 
 class RunSession:
@@ -263,16 +278,17 @@ class RunSession:
             self.save(done)
             self.last_good = done
             self.write_status("interrupted", done)
+            by = "" if self.stop.requested in (None, "SIGINT") else f" by {self.stop.requested}"
             raise RunInterrupted(
-                f"interrupted after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
+                f"interrupted{by} after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
             )
 
     def _stop_agreed(self, done: int) -> bool:
         # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
         # others start the next step's all-reduce would hang. Processes agree at each log step.
         if self.reduce is None:
-            return self.stop.requested
+            return self.stop.requested is not None
         if not self.log_due(done):
             return False
-        flag = torch.tensor(float(self.stop.requested), device=self._sums.device)
+        flag = torch.tensor(float(self.stop.requested is not None), device=self._sums.device)
         return bool(self.reduce(flag, "sum") > 0)
