@@ -168,6 +168,60 @@ def test_a_synthesis_failure_records_its_step(tmp_path):
     assert status["status"] == "diverged" and status["diverged_at"] == 6
 
 
+RANK_ONE_FAILS = """
+import os
+
+from synthcl.learners import SimCLR
+from synthcl.registry import LEARNERS
+
+
+@LEARNERS.register("rank-one-fails", override=True)
+class RankOneFails(SimCLR):
+    def loss(self, views, groups):
+        self.calls = getattr(self, "calls", 0) + 1
+        if os.environ.get("RANK") == "1" and self.calls == 3:
+            raise RuntimeError("process 1 broke")
+        return super().loss(views, groups)
+"""
+
+
+def test_an_error_on_another_process_is_what_run_json_records(tmp_path, tiny_recipe_file):
+    """The main process then fails in its next collective ("connection closed by peer"): run.json keeps the
+    error that came first, the one that says what went wrong, and the process it came from."""
+    import subprocess
+    import sys
+
+    (tmp_path / "rank.py").write_text(RANK_ONE_FAILS)
+    recipe = tiny_recipe_file(model={"learner": "rank-one-fails"}, train={"max_steps": 6, "log_every": 1})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "synthcl", "train", str(recipe), "--out", str(tmp_path / "run"), "-q", "--code", str(tmp_path / "rank.py")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    status = json.loads((tmp_path / "run/run.json").read_text())
+    assert status["status"] == "failed", result.stderr[-4000:]
+    assert status["error"] == "RuntimeError: process 1 broke (process 1)"
+    assert status["step"] == json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())["step"]
+
+
+def _failing_session(tmp_path, main, process):
+    session = _session(tmp_path)
+    session.main, session.process, session.info = main, process, {"processes": 2}
+    return session
+
+
+def test_the_first_process_to_record_an_error_keeps_it(tmp_path):
+    with pytest.raises(RuntimeError), _failing_session(tmp_path, main=False, process=1):
+        raise RuntimeError("seen by a process without the run's folder")
+    assert not (tmp_path / "run.json").exists()  # another node's disk: nothing written there
+    _session(tmp_path).write_status("running", 0)
+    with pytest.raises(RuntimeError), _failing_session(tmp_path, main=False, process=1):
+        raise RuntimeError("the cause")
+    with pytest.raises(RuntimeError), _failing_session(tmp_path, main=True, process=0):
+        raise RuntimeError("connection closed by peer")
+    status = json.loads((tmp_path / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: the cause (process 1)"
+
+
 def test_learner_interface_is_what_the_loop_uses():
     assert issubclass(SimCLR, ContrastiveLearner)
     with pytest.raises(TypeError):

@@ -291,7 +291,8 @@ def _session(recipe: Recipe, run: _Run, run_dir: Path, info: dict[str, Any], sta
         log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         columns=METRIC_COLUMNS + (SYNTHESIS_COLUMNS if synth is not None else []), loss_names=["loss"], save=save,
         divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
-        title=f"train {recipe.name}", quiet=quiet, main=accelerator.is_main_process, device=accelerator.device,
+        title=f"train {recipe.name}", quiet=quiet, main=accelerator.is_main_process,
+        process=accelerator.process_index, device=accelerator.device,
         reduce=reduce, failure=(lambda: synth.failed(reduce)) if synth is not None else None,
     )
 

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged, first_line
 from synthcl.flags import FirstStep, Reduce, earliest
-from synthcl.io import atomic_write_text
+from synthcl.io import atomic_write_text, read_json_object
 from synthcl.progress import ProgressBar
-from synthcl.rundir import LAST, METRICS_FILE, write_status
+from synthcl.rundir import LAST, METRICS_FILE, STATUS_FILE, write_status
 
 # t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
 # synchronisation, this is the time to issue the work).
@@ -161,8 +161,8 @@ class RunSession:
         save: ``save(step)`` writes a checkpoint (every process calls it; it writes on the main one).
         divergence: ``(label, hint)`` of the one-line divergence error, e.g. ``("loss", "Try a lower optim.lr")``.
         batch_size: images per step (throughput); title: the progress bar's; quiet: no bar.
-        main: whether this process writes files; reduce: ``reduce(tensor, op)`` across processes (None:
-            one process).
+        main: whether this process writes files (any process records its own error); process: its index;
+            reduce: ``reduce(tensor, op)`` across processes (None: one process).
         failure: a divergence found elsewhere (the synthesizer's monitor), checked first: its message and the
             (1-based) step it names, or None; every process calls it at the same step.
     """
@@ -170,14 +170,14 @@ class RunSession:
     def __init__(self, run_dir: Path, info: dict[str, Any], *, run_steps: int, start_step: int, steps_per_epoch: int,
                  log_every: int, checkpoint_every: int, columns: list[str], loss_names: list[str],
                  save: Callable[[int], None], divergence: tuple[str, str], batch_size: int, title: str,
-                 quiet: bool, main: bool = True, reduce: Reduce | None = None,
+                 quiet: bool, main: bool = True, process: int = 0, reduce: Reduce | None = None,
                  failure: Callable[[], tuple[str, int] | None] | None = None,
                  device: torch.device | str = "cpu") -> None:
         self.run_dir, self.info = run_dir, info
         self.run_steps, self.start_step, self.steps_per_epoch = run_steps, start_step, steps_per_epoch
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.loss_names, self.save, self.divergence = loss_names, save, divergence
-        self.main, self.reduce, self.failure = main, reduce, failure
+        self.main, self.process, self.reduce, self.failure = main, process, reduce, failure
         self.last_good = start_step
         self.metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
         self.bar = ProgressBar(run_steps, title, unit="img", rate_per_step=batch_size, enabled=main and not quiet,
@@ -204,15 +204,27 @@ class RunSession:
 
     def _record_failure(self, err: BaseException) -> None:
         """``run.json`` says the run stopped and why, instead of ``running`` forever: the step is the last
-        checkpoint's, the one ``--resume`` continues from."""
+        checkpoint's, the one ``--resume`` continues from.
+
+        Every process records its own error and the first one recorded stays: an error on one process makes
+        the others fail in their next collective, with a message that says less ("connection closed by
+        peer"). A process that does not see the run's ``run.json`` (another node's disk) writes nothing.
+        """
         try:
             if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, mid-step
                 self.write_status("interrupted", self.last_good)
-            else:
-                self.write_status("failed", self.last_good, error=f"{type(err).__name__}: {first_line(err)}")
+                return
+            error = f"{type(err).__name__}: {first_line(err)}"
+            if self.info.get("processes", 1) > 1:
+                error += f" (process {self.process})"
+            path = self.run_dir / STATUS_FILE
+            current = read_json_object(path)
+            if (current is None and not self.main) or (current or {}).get("status") == "failed":
+                return
+            write_status(self.run_dir, "failed", self.last_good, total_steps=self.run_steps, **self.info,
+                         error=error)
         except OSError:  # a full disk: the error on its way out says more than this one would
             pass
-
 
     def write_status(self, status: str, step: int, **extra: Any) -> None:
         if self.main:
