@@ -18,8 +18,12 @@ command on the same `--runs` at once (one per core or GPU): each trains the runs
 training and leaves the others to them; `--collect` then tabulates them all. Writes benchmarks/results/quality.md,
 quality.json and quality.png.
 
-    python benchmarks/quality.py --runs /work/qruns --fractions 0.01 0.1 1.0 --modes none --seeds 0 1 2
-    python benchmarks/quality.py --runs /work/qruns --fractions 0.01 --modes static joint --seeds 0 1 2
+    python benchmarks/quality.py --runs RUNS                  # the protocol: none, static, joint at f = 0.005,
+                                                              # 0.01 (twice the data) and 1.0, 3 seeds
+    python benchmarks/quality.py --runs RUNS --fractions 0.005 --modes joint --seeds 0 1 2 \
+        --set train.precision=no train.steps=1500 --variant 'fp32, 1500 steps'
+
+Every command that wrote a row of the results is listed at the top of quality.md.
 """
 
 from __future__ import annotations
@@ -629,7 +633,8 @@ def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], ma
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 1.0])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.005, 0.01, 1.0],
+                        help="the scarce fraction, twice it (data efficiency) and all images (headroom)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["none", "static", "joint"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--generator", choices=sorted(JOINT), default="gan")

@@ -1,4 +1,4 @@
-"""Speed benchmark S1-S5 of BENCHMARKS.md, plus the hot-path knobs, on Fashion-MNIST at the quickstart sizes.
+"""Speed benchmark S1-S5 (docs/benchmarks/index.md), plus the hot-path knobs, on Fashion-MNIST at the quickstart sizes.
 
 Sections (``--only`` picks some):
   S1  plain SimCLR, synthcl's training step vs lightly's standard pipeline, images/s (interleaved rounds).
@@ -74,7 +74,7 @@ SPEED_KNOBS = ["synthesis.pair_views=1", "synthesis.generator_every=4", "synthes
 # Steady state after the generator warm-up: synthetic views enter every learner batch from step 0.
 JOINT_NOW = ["synthesis.warmup_steps=0"]
 TARGETS = {"S1": 2.0, "S2 gan": 1.5, "S2 diffusion": 2.5, "S3": 0.5}
-# The project's stretch goals beyond BENCHMARKS.md's targets: reported beside them.
+# The project's stretch goals beyond its targets: reported beside them.
 STRETCH = {"S1": 3.0, "S2 diffusion": 2.0, "S3": 0.8}
 S2_CYCLE = 8  # learner steps per critic update at generator_every=4, critic_every=2
 BF16_KNOBS = ("synthesis.generator_precision=bf16", "synthesis.hard_term_precision=bf16")
@@ -1064,7 +1064,7 @@ def main() -> None:
 
     command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
     lines = [
-        "# Memory: S5 of BENCHMARKS.md" if args.only == ["S5"] else "# Speed: S1-S5 of BENCHMARKS.md and the hot-path knobs", "",
+        "# Memory: S5, peak memory and how it grows" if args.only == ["S5"] else "# Speed: S1-S5 and the hot-path knobs", "",
         f"- Command: `{command}`",
         markdown(machine),
         *([] if args.only == ["S5"] else [

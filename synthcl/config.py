@@ -249,8 +249,9 @@ class SynthesisConfig:
     pair_target_final: float | None = 0.5
     """...moving linearly to this (None: constant): from easy pairs to hard ones."""
     control_every: int = 10
-    """Generator updates between measurements of the monitor and the hardness controller (a fixed
-    cadence: logging never changes training)."""
+    """Learner steps between measurements of the monitor and the hardness controller (a fixed cadence:
+    logging never changes training). The gradient norms are measured in a generator update, so on the
+    steps that are multiples of both this and ``generator_every``."""
     control_gain: float = 0.2
     """Controller: hardness is multiplied by ``exp(gain * (measured - target) / 0.1)`` per measurement."""
     hard_real_negatives: bool = False
@@ -258,7 +259,7 @@ class SynthesisConfig:
     of the batch (real images are negatives), instead of on the synthetic views alone."""
     lambda_hard_mode: Literal["weight", "balanced"] = "weight"
     """weight: ``lambda_hard`` weighs the hard term as it is; balanced: ``lambda_hard`` is the ratio of the
-    hard gradient's norm to the realism gradient's norm (re-measured every ``control_every`` updates)."""
+    hard gradient's norm to the realism gradient's norm (re-measured as ``control_every`` says)."""
     synthetic_weight: float = 1.0
     """Weight of synthetic anchors in the learner's loss relative to real ones (1: a plain mean)."""
     augment: AugmentConfig | None = None

@@ -192,7 +192,7 @@ def evaluate(
         FeatureChoice, typer.Option(help="generator protocol: Inception (FID) or the --encoder's features; auto: the "
                                       "--encoder's when one is given, else Inception.")
     ] = FeatureChoice.auto,
-    n: Annotated[Optional[int], typer.Option("--n", help="generator protocol: samples per model [default: 2000].",
+    n: Annotated[Optional[int], typer.Option("--n", help="generator protocol: samples per model (2000 unless given).",
                                              min=2)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")] = False,
     code: CodeOption = None,
