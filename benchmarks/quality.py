@@ -438,11 +438,14 @@ def plain_twin(name: str, groups: dict) -> list[str]:
     return ["none"] + [twin for twin in twins if any(n == twin for (_, n) in groups)]
 
 
-def without_knobs(name: str) -> str:
+def without_knobs(name: str, groups: dict | None = None) -> str:
     """The mode a variant's own effect is measured against: ``mode [v]`` -> ``mode``;
-    ``mode [v + knobs]`` -> ``mode [v]``."""
+    ``mode [v + knobs]`` -> ``mode [v]``, or ``mode`` where ``groups`` holds no row of ``mode [v]``."""
     mode, variant, base = variant_parts(name)
-    return f"{mode} [{base}]" if variant is not None and base != variant else mode
+    if variant is None or base == variant:
+        return mode
+    based = f"{mode} [{base}]"
+    return based if groups is None or any(n == based for (_, n) in groups) else mode
 
 
 def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int, other_n: int) -> str:
@@ -527,7 +530,7 @@ def paired(rows: list[dict], metric: str) -> list[str]:
         # Against plain SimCLR (and its twin `none [v]` where plain was trained with the same change, e.g. the
         # same step count); a variant ([knobs]) also against its mode without them (the knobs' own effect).
         variant = " [" in name and not name.startswith("none")
-        bases = plain_twin(name, groups) + ([without_knobs(name)] if variant else [])
+        bases = plain_twin(name, groups) + ([without_knobs(name, groups)] if variant else [])
         for base in bases:
             other = groups.get((f, base), {})
             seeds = sorted(set(group) & set(other))

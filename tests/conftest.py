@@ -23,6 +23,29 @@ def _two_threads():
     torch.set_num_threads(2)
 
 
+def forget_user_code() -> None:
+    """What a new `synthcl` process starts without: the components of --code files imported by earlier
+    in-process CLI runs, their modules and the record of their files. Each --code file is a module of its
+    own (named by its path), so a copy of the same file at another path registering the same names is a
+    conflict within one process, as it would be within one command."""
+    from synthcl.cli.app import USER_FILES
+    from synthcl.registry import BACKBONES, DATASETS, GENERATORS, LEARNERS
+
+    for registry in (BACKBONES, DATASETS, GENERATORS, LEARNERS):
+        for name, item in list(registry._items.items()):
+            if str(getattr(item, "__module__", "")).startswith("synthcl_user_code_"):
+                del registry._items[name]
+    for name in [m for m in sys.modules if m.startswith("synthcl_user_code_")]:
+        del sys.modules[name]
+    USER_FILES.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_user_code():
+    yield
+    forget_user_code()
+
+
 @pytest.fixture
 def one_thread():
     """One thread, for tests of tiny generators: a second thread adds more OpenMP synchronisation than it

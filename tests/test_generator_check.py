@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY, merge
+from conftest import TINY, forget_user_code, merge
 from test_cli import assert_one_line_error, run_cli
 from test_generators import USER_GENERATOR
 from torch import nn
@@ -235,9 +235,11 @@ class CannotSave(MLPGenerator):
 @GENERATORS.register("later-exit")
 class ExitsWhenTrained(MLPGenerator):
     def realism_loss(self, fake, real):
-        import sys
+        if torch.is_grad_enabled():  # not in the build-time check (no gradient), once training starts
+            import sys
 
-        sys.exit(0)  # status 0: the command must not look like a success
+            sys.exit(0)  # status 0: the command must not look like a success
+        return super().realism_loss(fake, real)
 '''
 
 JOINT = {"synthesis": {"mode": "joint", "ratio": 0.25}, "train": {"max_steps": 2, "log_every": 1}}
@@ -279,6 +281,7 @@ def test_a_failing_export_marks_the_run_failed_at_its_last_checkpoint(tmp_path, 
     fixed.parent.mkdir()
     fixed.write_text(FAILING_LATER.replace('raise NotImplementedError("saving is not written yet")',
                                            "return super().save_pretrained(path)"))
+    forget_user_code()  # the resume is a new process
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "run" / "recipe.yaml"), "--out",
                            str(tmp_path / "run"), "--resume", "--code", str(fixed), "-q")
     assert code == 0, err
@@ -292,6 +295,14 @@ def test_sys_exit_mid_run_in_a_code_file_is_an_error_named_at_its_line(tmp_path,
     assert_one_line_error(code, err, f"--code file {tmp_path / 'later.py'}, line "
                                      f"{_line_of(FAILING_LATER, 'sys.exit(0)')}, in realism_loss called sys.exit(0)")
     assert status["status"] == "failed" and status["error"] == "SystemExit: 0"
+    # In the generator's warm-up inside the run, too: the run does not stay "pretraining generator".
+    (tmp_path / "warm").mkdir()
+    forget_user_code()  # a new command
+    code, err, status = _run_failing("later-exit", JOINT, tmp_path / "warm", tiny_recipe_file, monkeypatch, capsys,
+                                     pretrain_steps=2)
+    assert code == 2 and "called sys.exit(0)" in err
+    assert status["status"] == "failed" and status["error"] == "SystemExit: 0"
+    assert (tmp_path / "warm" / "run" / "generator-pretrain").is_dir()  # it stopped in the warm-up
 
 
 def test_non_finite_samples_are_blamed_on_the_generator_not_the_learner(tmp_path, tiny_recipe_file, one_thread,

@@ -342,6 +342,10 @@ def test_knobs_on_top_of_a_variant_meet_that_variants_rows(quality):
     assert ("- f=0.01: joint [1500 steps + fast] - matched-views = +1.50 (target > 0): met"
             in quality.targets(rows, "few"))
     assert quality.without_knobs("joint [knobs]") == "joint" and quality.plain_twin("static", {}) == ["none"]
+    # Without rows of the base variant, the knobs are measured against the mode itself.
+    alone = ROWS + [row("joint", s, 84.0, variant="other + fast") for s in range(3)]
+    assert [line.split(" | ")[1] for line in quality.paired(alone, "few") if "+ fast" in line] == [
+        "joint [other + fast] - none", "joint [other + fast] - joint"]
 
 
 def test_a_finished_row_is_in_the_store_before_the_grid_ends(quality, tmp_path, monkeypatch):

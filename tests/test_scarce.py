@@ -171,8 +171,11 @@ def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, 
     original = generator_loop.train_generator
     calls = []
 
+    statuses = []
+
     def stop_once(*args, **kwargs):
         calls.append(kwargs["resume"])
+        statuses.append(json.loads((tmp_path / "run" / "run.json").read_text())["status"])
         if len(calls) == 1:
             raise RunInterrupted("stopped")
         return original(*args, **kwargs)
@@ -182,6 +185,8 @@ def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, 
         train(recipe, out=tmp_path / "run", quiet=True)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
     train(recipe, out=tmp_path / "run", quiet=True, **again)  # --resume, or the same command with --auto-resume
+    # While the resumed warm-up trains, the run says so (not the last attempt's "interrupted").
+    assert statuses == ["pretraining generator"] * 2
     a = load_file(str(reference / "backbone.safetensors"))
     b = load_file(str(tmp_path / "run" / "backbone.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -160,6 +160,43 @@ def test_processes_agree_on_the_earliest_non_finite_loss(tmp_path):
     session.check_divergence()  # nothing went wrong anywhere
 
 
+def test_whichever_went_wrong_first_is_blamed(tmp_path):
+    """A learner loss that went NaN at step 5 makes every later generator loss NaN too, and the back-offs
+    end in a synthesis failure at step 15: the learner is the one to blame. On a tie (samples that went
+    non-finite make the loss non-finite at the same step) the generator is."""
+    for synthesis_step, blamed in ((15, "loss became nan at step 5"), (5, "synthesis diverged at step 5")):
+        session = _session(tmp_path, failure=lambda s=synthesis_step: (f"synthesis diverged at step {s} (x)", s))
+        for step in range(6):
+            session.record(step, torch.tensor([float("nan") if step == 4 else 1.0]))
+        with pytest.raises(TrainingDiverged, match=blamed):
+            session.check_divergence()
+        assert json.loads((tmp_path / "run.json").read_text())["diverged_at"] == 5
+
+
+def test_a_second_ctrl_c_aborts_but_one_passed_on_by_a_launcher_does_not(monkeypatch):
+    import os
+    import signal
+
+    from synthcl.training.session import StopRequest
+
+    clock = [100.0]
+    monkeypatch.setattr("synthcl.training.session.time.monotonic", lambda: clock[0])
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's, then the launcher's: still one request
+        assert stop.requested == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        clock[0] += 0.5
+        os.kill(os.getpid(), signal.SIGINT)  # the same keypress, from the launcher
+        assert stop.requested == "SIGINT"
+        clock[0] += 2.0
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: stop now
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_synthesis_failure_records_its_step(tmp_path):
     session = _session(tmp_path, failure=lambda: ("synthesis diverged at step 6 (x)", 6))
     with pytest.raises(TrainingDiverged, match="synthesis diverged at step 6"):

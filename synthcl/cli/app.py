@@ -343,7 +343,7 @@ def main() -> None:
             raise
         code = "" if err.code is None else repr(err.code)
         typer.echo(f"error: --code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in "
-                   f"{frame.name} called sys.exit({code}); synthcl stopped there (a run records it as failed)",
+                   f"{frame.name} called sys.exit({code}); synthcl stopped there",
                    err=True)
         sys.exit(EXIT_USER_ERROR)
     except (MemoryError, RuntimeError) as err:  # sizes that cannot be allocated: one line, not a traceback

@@ -210,7 +210,7 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
             raise RunInterrupted(
                 f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
             ) from None
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".
             if _kept_by_overwrite(run_dir) is None:
                 write_status(run_dir, "failed", 0, error=f"{type(err).__name__}: {first_line(err)}")

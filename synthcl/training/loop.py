@@ -213,6 +213,7 @@ def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: b
         clear_old_run(run_dir)
     if not resume:
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+    if not resume or resumable_checkpoint(run_dir) is None:  # a resumed warm-up: not the last attempt's status
         write_status(run_dir, "pretraining generator", 0)
     return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet), True, False  # the folder is this run's now
 

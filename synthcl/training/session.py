@@ -104,16 +104,27 @@ class MetricsLog:
             self._tb.close()
 
 
+STOP_CHECK_EVERY = 10
+"""With several processes, the steps between their agreements on whether to stop (Ctrl-C, SIGTERM)."""
+
+
 class StopRequest:
-    """Turns the first Ctrl-C (SIGINT), or the SIGTERM a scheduler sends before it pre-empts or times out a
-    job, into a request to stop after the current step with a clean checkpoint; a second one of the same
-    signal acts as it would have without synthcl."""
+    """Turns Ctrl-C (SIGINT), or the SIGTERM a scheduler sends before it pre-empts or times out a job, into a
+    request to stop after the current step with a clean checkpoint.
+
+    SIGTERM stays handled for the whole session: a launcher (torchrun) passes the signal its processes
+    were also sent by the scheduler on to them, so each may receive it twice. A second Ctrl-C aborts at
+    once, as it would without synthcl, unless it comes within a second of the first (the same keypress,
+    passed on by a launcher).
+    """
 
     SIGNALS = ("SIGINT", "SIGTERM")
+    SAME_KEYPRESS_S = 1.0
 
     def __init__(self) -> None:
         self.requested: str | None = None  # the name of the signal that asked
         self._previous: dict[int, Any] = {}
+        self._at = 0.0
 
     def __enter__(self) -> StopRequest:
         for name in self.SIGNALS:
@@ -127,8 +138,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = self.requested or signal.Signals(signum).name
-        signal.signal(signum, self._restored(signum))
+        now = time.monotonic()
+        if self.requested is None:
+            self.requested, self._at = signal.Signals(signum).name, now
+        elif signum == signal.SIGINT and now - self._at > self.SAME_KEYPRESS_S:
+            signal.signal(signum, self._restored(signum))  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
 
     def _restored(self, signum: int) -> Any:
         previous = self._previous.get(signum)
@@ -196,9 +211,11 @@ class RunSession:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
-        self.metrics.close()
-        self.stop.__exit__(kind, err, tb)
-        self.bar.__exit__(kind, err, tb)
+        try:
+            self.metrics.close()
+        finally:  # the signal handlers go back even when closing the log fails (a full disk)
+            self.stop.__exit__(kind, err, tb)
+            self.bar.__exit__(kind, err, tb)
         if err is not None and not isinstance(err, (TrainingDiverged, RunInterrupted)):  # those wrote theirs
             self._record_failure(err)
 
@@ -241,14 +258,15 @@ class RunSession:
         return f"{self.run_dir / 'checkpoints' / LAST} (step {self.last_good})" if self.last_good else "none yet"
 
     def check_divergence(self) -> None:
-        """One host sync: raise if any step since the start recorded a non-finite loss on any process (or
-        ``failure`` says so), naming the earliest step."""
+        """One host sync: raise if any step since the start recorded a non-finite loss on any process, or
+        ``failure`` says synthesis failed, naming whichever came first (synthesis on a tie: samples that went
+        non-finite make the loss non-finite at the same step)."""
         found = self.failure() if self.failure else None
-        if found is not None:
+        (first,) = earliest([self._bad_step.mark], self.reduce)
+        if found is not None and (first is None or found[1] <= first):
             message, step = found
             self.write_status("diverged", self.last_good, diverged_at=step)
             raise TrainingDiverged(f"{message}; stopped. Last good checkpoint: {self.where()}", what=message)
-        (first,) = earliest([self._bad_step.mark], self.reduce)
         if first is not None:
             self.write_status("diverged", self.last_good, diverged_at=first)
             label, hint = self.divergence
@@ -297,10 +315,12 @@ class RunSession:
 
     def _stop_agreed(self, done: int) -> bool:
         # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
-        # others start the next step's all-reduce would hang. Processes agree at each log step.
+        # others start the next step's all-reduce would hang. Processes agree every STOP_CHECK_EVERY steps
+        # (or log steps, if more often): soon enough for a scheduler's grace period after SIGTERM, without a
+        # host sync every step.
         if self.reduce is None:
             return self.stop.requested is not None
-        if not self.log_due(done):
+        if done % min(self.log_every, STOP_CHECK_EVERY) != 0 and done != self.run_steps:
             return False
         flag = torch.tensor(float(self.stop.requested is not None), device=self._sums.device)
         return bool(self.reduce(flag, "sum") > 0)
