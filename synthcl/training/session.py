@@ -178,8 +178,9 @@ class RunSession:
         batch_size: images per step (throughput); title: the progress bar's; quiet: no bar.
         main: whether this process writes files (any process records its own error); process: its index;
             reduce: ``reduce(tensor, op)`` across processes (None: one process).
-        failure: a divergence found elsewhere (the synthesizer's monitor), checked first: its message and the
-            (1-based) step it names, or None; every process calls it at the same step.
+        failure: a divergence found elsewhere (the synthesizer's monitor): its message and the (1-based) step
+            it names, or None; every process calls it at the same step, and the earlier of it and a
+            non-finite loss is reported.
     """
 
     def __init__(self, run_dir: Path, info: dict[str, Any], *, run_steps: int, start_step: int, steps_per_epoch: int,
