@@ -13,6 +13,11 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def describe(err: BaseException) -> str:
+    """``"TypeName: first line"``: an error in one line, for run.json and one-line messages."""
+    return f"{type(err).__name__}: {first_line(err)}"
+
+
 class SynthclError(Exception):
     """Base class for errors caused by the user's input (recipes, data, run directories).
 

@@ -342,9 +342,7 @@ def main() -> None:
         if frame is None:
             raise
         code = "" if err.code is None else repr(err.code)
-        typer.echo(f"error: --code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in "
-                   f"{frame.name} called sys.exit({code}); synthcl stopped there",
-                   err=True)
+        typer.echo(f"error: {_where(frame)} called sys.exit({code}); synthcl stopped there", err=True)
         sys.exit(EXIT_USER_ERROR)
     except (MemoryError, RuntimeError) as err:  # sizes that cannot be allocated: one line, not a traceback
         text = str(err)
@@ -383,7 +381,7 @@ def _crash(err: BaseException) -> None:
         raised, frame, inner = found
         lines = str(raised).strip().splitlines()
         name, message = type(raised).__name__, f": {lines[0]}" if lines else ""
-        at = f"--code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in {frame.name}"
+        at = _where(frame)
         if inner is None:
             typer.echo(f"error: {name} in {at}{message} ({where})", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -410,7 +408,7 @@ def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
         seen.add(id(current))
         frames = traceback.extract_tb(current.__traceback__)
         for index in range(len(frames) - 1, -1, -1):
-            if os.path.realpath(frames[index].filename) in USER_FILES:
+            if _in_user_file(frames[index]):
                 below = [f for f in frames[index + 1:]
                          if any(Path(os.path.realpath(f.filename)).is_relative_to(root) for root in roots)]
                 return current, frames[index], (below[-1] if below else None)
@@ -418,12 +416,21 @@ def _user_frame(err: BaseException) -> tuple[BaseException, Any, Any] | None:
     return None
 
 
+def _in_user_file(frame: Any) -> bool:
+    return os.path.realpath(frame.filename) in USER_FILES
+
+
+def _where(frame: Any) -> str:
+    """A frame of a ``--code`` file, named as the user gave the file."""
+    return f"--code file {USER_FILES[os.path.realpath(frame.filename)]}, line {frame.lineno}, in {frame.name}"
+
+
 def _user_exit(err: SystemExit) -> Any:
     """The innermost ``--code`` frame that a ``SystemExit`` passed through, or None (synthcl's own exits, and
     click's, which carry the user's error only as their context)."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.realpath(f.filename) in USER_FILES]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _in_user_file(f)]
     return frames[-1] if frames else None
 
 

@@ -16,7 +16,7 @@ import torch
 from synthcl.augment import ViewAugment
 from synthcl.config import AugmentConfig, Recipe, uses_generator
 from synthcl.data import ImageSource, load_dataset, take_fraction
-from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, SynthclError, first_line
+from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryError, SynthclError, describe, first_line
 from synthcl.interfaces import ContrastiveLearner, Generator
 from synthcl.nn.backbones import build_backbone
 from synthcl.registry import GENERATORS, LEARNERS
@@ -367,10 +367,9 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
         try:
             generator = factory(**arguments)
         except (TypeError, ValueError, AttributeError) as err:  # the class refused these settings, or failed
-            text = first_line(err)
-            if isinstance(err, TypeError) and "abstract" in text:
-                raise ConfigError(f"{label} cannot be made: {text}") from None
-            raise ConfigError(f"{label} could not be built: {type(err).__name__}: {text}") from None
+            if isinstance(err, TypeError) and "abstract" in first_line(err):
+                raise ConfigError(f"{label} cannot be made: {first_line(err)}") from None
+            raise ConfigError(f"{label} could not be built: {describe(err)}") from None
     if not isinstance(generator, Generator):
         raise ConfigError(f"generator '{g.name}' does not subclass synthcl.Generator")
     made = (getattr(generator, "image_size", None), getattr(generator, "channels", None))

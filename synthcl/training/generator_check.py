@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
-from synthcl.errors import ConfigError, first_line
+from synthcl.errors import ConfigError, describe
 from synthcl.interfaces import Generator
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _call(refuse: Callable[[str], NoReturn], what: str, call: Callable[[], Any])
     try:
         return call()
     except Exception as err:  # noqa: BLE001 - the user's method: said in one line that names it
-        refuse(f"{what} failed on {PROBE} latents: {type(err).__name__}: {first_line(err)}")
+        refuse(f"{what} failed on {PROBE} latents: {describe(err)}")
 
 
 def _check_images(x: Any, g: Generator, device: torch.device, what: str, refuse: Callable[[str], NoReturn],

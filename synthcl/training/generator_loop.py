@@ -15,7 +15,7 @@ import torch
 
 from synthcl._version import __version__
 from synthcl.config import Recipe, dump_recipe, schedule_steps
-from synthcl.errors import ConfigError, DataError, TrainingDiverged, first_line
+from synthcl.errors import ConfigError, DataError, TrainingDiverged, describe
 from synthcl.interfaces import Generator
 from synthcl.io import atomic_write_text, read_json
 from synthcl.rundir import (
@@ -213,7 +213,7 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
         except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".
             if _kept_by_overwrite(run_dir) is None:
-                write_status(run_dir, "failed", 0, error=f"{type(err).__name__}: {first_line(err)}")
+                write_status(run_dir, "failed", 0, error=describe(err))
             raise
     return dataclasses.replace(recipe, generator=dataclasses.replace(recipe.generator, pretrained=str(folder)))
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged, first_line
+from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, TrainingDiverged, describe
 from synthcl.flags import FirstStep, Reduce, earliest
 from synthcl.io import atomic_write_text, read_json_object
 from synthcl.progress import ProgressBar
@@ -232,20 +232,17 @@ class RunSession:
             if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, mid-step
                 self.write_status("interrupted", self.last_good)
                 return
-            error = f"{type(err).__name__}: {first_line(err)}"
-            if self.info.get("processes", 1) > 1:
-                error += f" (process {self.process})"
-            path = self.run_dir / STATUS_FILE
-            current = read_json_object(path)
+            error = describe(err) + (f" (process {self.process})" if self.info.get("processes", 1) > 1 else "")
+            current = read_json_object(self.run_dir / STATUS_FILE)
             if (current is None and not self.main) or (current or {}).get("status") == "failed":
                 return
-            write_status(self.run_dir, "failed", self.last_good, total_steps=self.run_steps, **self.info,
-                         error=error)
+            self.write_status("failed", self.last_good, every_process=True, error=error)
         except OSError:  # a full disk: the error on its way out says more than this one would
             pass
 
-    def write_status(self, status: str, step: int, **extra: Any) -> None:
-        if self.main:
+    def write_status(self, status: str, step: int, every_process: bool = False, **extra: Any) -> None:
+        """``run.json`` (on the main process only, unless ``every_process``)."""
+        if self.main or every_process:
             write_status(self.run_dir, status, step, total_steps=self.run_steps, **self.info, **extra)
 
     def record(self, step: int, losses: Tensor) -> None:
