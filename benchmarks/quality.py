@@ -56,7 +56,7 @@ from synthcl.training.generator_loop import pretrain_recipe
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "fashion-mnist-scarce"
 JOINT = {"gan": "fashion-mnist-scarce-joint", "diffusion": "fashion-mnist-scarce-joint-diffusion"}
-MODES = ["none", "static", "hard-samples", "hard-pairs", "joint", "static-pairs", "matched-views"]
+MODES = ["none", "matched-views", "static", "static-pairs", "hard-samples", "hard-pairs", "joint"]  # the ablation grid
 # metric -> (key in eval.json, table name)
 METRICS = {"few": ("linear_few_top1", "linear, 1% labels"), "knn": ("knn_top1", "kNN, all labels"),
            "linear": ("linear_top1", "linear, all labels")}
@@ -466,13 +466,18 @@ def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int
 
 
 def targets(rows: list[dict], metric: str) -> list[str]:
-    """The method's comparisons beyond `none` on ``metric``: joint above static, above matched-views and above
-    the best plain run in its minutes (each paired by seed, beyond 2 sd), joint at f against none at 2f (2x
-    data efficiency), and the diffusion generator against the GAN."""
+    """The method's comparisons beyond `none` on ``metric``, for every joint row: above static, above
+    matched-views and above the best plain run in its minutes (each paired by seed, beyond 2 sd), at f against
+    plain SimCLR at 2f (2x data efficiency), and the diffusion generator against the GAN. A comparison whose
+    other side was not trained in the row's regime (its variant's rows, in its precision) says so: a target
+    is never dropped from the list for want of a measurement."""
     stats, minutes, prec = summarize(rows, metric), summarize(rows, "train_s"), numerics(rows)
 
     def comparable(f: float, name: str, f2: float, other: str) -> bool:
         return (f2, other) in stats and prec[(f, name)] == prec[(f2, other)]
+
+    def missing(f: float, name: str, wanted: str, at: float | None = None) -> str:
+        return f"not measured (no {'/'.join(sorted(prec[(f, name)]))} row of `{wanted}` at f={f if at is None else at})"
 
     lines = []
     for (f, name), (mean, _, n) in sorted(stats.items()):
@@ -481,18 +486,21 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         for control in ("static", "matched-views"):
             # the control trained with the same change (the same variant, or its base without the knobs)
             twins = [name.replace("joint", control, 1), without_knobs(name).replace("joint", control, 1)]
-            base = next((twin for twin in twins if (f, twin) in stats), control)
-            other = stats.get((f, base)) if comparable(f, name, f, base) else None
-            if other is not None:
-                gap = mean - other[0]
-                lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): "
-                             f"{above(rows, metric, f, name, base, n, other[2])}")
+            twins = [twin.replace(" (diffusion)", "", 1) if control == "matched-views" else twin for twin in twins]
+            base = next((twin for twin in twins + [control] if comparable(f, name, f, twin)), None)
+            if base is None:
+                wanted = next((twin for twin in reversed(twins) if twin != control), twins[0])
+                lines.append(f"- f={f}: {name} - {control}: {missing(f, name, wanted)}")
+                continue
+            gap = mean - stats[(f, base)][0]
+            lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): "
+                         f"{above(rows, metric, f, name, base, n, stats[(f, base)][2])}")
         # The same minutes: plain SimCLR may spend joint's minutes on any number of steps (a `none [...]`
         # variant trained longer, or the default), so joint meets the best plain row that took no more
         # minutes than it did. Plain is known only at the step counts measured: they are listed.
         plains = {p: v for (f2, p), v in stats.items()
                   if f2 == f and (p == "none" or p.startswith("none [")) and comparable(f, name, f, p)}
-        if len(plains) > 1:
+        if plains:
             budget = minutes[(f, name)][0]
             within = {p: v for p, v in plains.items() if minutes[(f, p)][0] <= budget}
             measured = ", ".join(f"{p} {minutes[(f, p)][0] / 60:.1f} min" for p in sorted(plains, key=lambda p: minutes[(f, p)][0]))
@@ -506,18 +514,50 @@ def targets(rows: list[dict], metric: str) -> list[str]:
             else:
                 lines.append(f"- f={f}: {name} ({budget / 60:.1f} min): no plain run took as few minutes; plain "
                              f"measured at {measured}")
-        double = stats.get((round(2 * f, 6), "none")) if comparable(f, name, round(2 * f, 6), "none") else None
-        if double is not None:
-            gap = mean - double[0]
-            lines.append(f"- data efficiency: {name} at f={f} - none at f={round(2 * f, 6)} = {gap:+.2f} (target >= 0): "
-                         f"{verdict(gap >= 0, n, double[2])}")
-    for (f, name), (mean, _, n) in sorted(stats.items()):
-        gan_name = name.replace(" (diffusion)", "")
-        gan = stats.get((f, gan_name)) if " (diffusion)" in name and name.startswith("joint") and \
-            comparable(f, name, f, gan_name) else None
-        if gan is not None:
-            gap = mean - gan[0]
-            lines.append(f"- f={f}: {name} - joint (gan) = {gap:+.2f} (target >= 0): {verdict(gap >= 0, n, gan[2])}")
+        # Twice the data: plain SimCLR trained with the row's own change where it has a plain twin at f (the
+        # same step count, say), else plain SimCLR, at 2f.
+        double_f = round(2 * f, 6)
+        twins = [f"none [{v}]" for v in dict.fromkeys(v for v in variant_parts(name)[1:] if v)]
+        wanted = next((twin for twin in twins if comparable(f, name, f, twin)), "none")
+        double = wanted if comparable(f, name, double_f, wanted) else None
+        if double is None:
+            lines.append(f"- data efficiency: {name} at f={f} - plain at f={double_f}: "
+                         f"{missing(f, name, wanted, double_f)}")
+        else:
+            gap = mean - stats[(double_f, double)][0]
+            lines.append(f"- data efficiency: {name} at f={f} - {double} at f={double_f} = {gap:+.2f} (target >= 0): "
+                         f"{verdict(gap >= 0, n, stats[(double_f, double)][2])}")
+        # The diffusion generator against the GAN, in each regime (the default, or a variant with its own plain
+        # rows): knob variants of the GAN meet a diffusion twin only where one was trained.
+        variant = variant_parts(name)[1]
+        if " (diffusion)" not in name:
+            twin = name.replace("joint", "joint (diffusion)", 1)
+            regime = variant is None or (f, f"none [{variant}]") in stats
+            if comparable(f, name, f, twin):
+                gap = stats[(f, twin)][0] - mean
+                lines.append(f"- f={f}: {twin} - {name} (gan) = {gap:+.2f} (target >= 0): "
+                             f"{verdict(gap >= 0, stats[(f, twin)][2], n)}")
+            elif regime:
+                lines.append(f"- f={f}: {twin} - {name} (gan): {missing(f, name, twin)}")
+    return lines
+
+
+def coverage(rows: list[dict], scarce: float) -> list[str]:
+    """The protocol's ablation grid at the scarce fraction, one line per regime (the default recipes, and each
+    variant trained for plain SimCLR and another mode alike): how many seeds each mode has, so a row never trained reads as a gap
+    in the table, not as an omission."""
+    groups = by_seed([r for r in rows if r["fraction"] == scarce])
+    names = {n for (_, n) in groups}
+    plain = {variant_parts(n)[1] for n in names if n.startswith("none [")}
+    regimes = [None] + sorted(v for v in plain if any(n.endswith(f" [{v}]") and not n.startswith("none") for n in names))
+    columns = [*MODES, "joint (diffusion)"]
+    lines = [f"| regime | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]
+    for regime in regimes:
+        cells = []
+        for mode in columns:
+            seeds = sorted(groups.get((scarce, mode if regime is None else f"{mode} [{regime}]"), {}))
+            cells.append(", ".join(map(str, seeds)) if seeds else "-")
+        lines.append(f"| {regime or 'default'} | {' | '.join(cells)} |")
     return lines
 
 
@@ -628,6 +668,9 @@ def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], ma
                   "| generator | fraction | seed | warm-up steps | FID | partner FID |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {w['generator']} | {w['fraction']} | {w['seed']} | {w['steps']} | {w['fid']:.1f} | "
                   f"{w['partner_fid']:.1f} |" for w in warmups]
+    lines += ["", f"## The grid at f={scarce}: seeds trained", "",
+              "Each mode of the ablation grid in each regime (the recipes' defaults, and each variant trained for "
+              "plain SimCLR and another mode alike); `-`: not trained in that regime.", "", *coverage(all_rows, scarce)]
     goals = targets(all_rows, PRIMARY)
     if goals:
         lines += ["", "## Targets (primary metric, means over seeds)", "", *goals]

@@ -444,11 +444,19 @@ def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
     assert "| 0.01 | joint [fp32] - none [fp32] | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |" in lines
     assert not any(" - none |" in line or " - joint |" in line for line in lines if "[fp32]" in line), lines
     assert "| 0.01 | joint - none | +2.33 ± 0.29 | +2.50, +2.00, +2.50 | target met |" in lines  # bf16 pairs stay
-    # no bf16 control, plain budget or doubled fraction for the fp32 joint (its only plain row is its twin,
-    # in the paired table above); the fp32 rows take no part in the bf16 joint's lines either
-    assert [line for line in quality.targets(rows, "few") if "[fp32]" in line] == []
+    # the fp32 joint meets fp32 rows only: its plain twin (the same minutes, and at twice the data), and no
+    # bf16 control, which it says; the fp32 rows take no part in the bf16 joint's lines either
+    assert [line for line in quality.targets(rows, "few") if "[fp32]" in line] == [
+        "- f=0.01: joint [fp32] - static: not measured (no fp32 row of `static [fp32]` at f=0.01)",
+        "- f=0.01: joint [fp32] - matched-views: not measured (no fp32 row of `matched-views [fp32]` at f=0.01)",
+        "- f=0.01: joint [fp32] (1.0 min) - the best plain run in no more minutes, none [fp32] = +2.33 (target > 0): "
+        "met; plain measured at none [fp32] 1.0 min",
+        "- data efficiency: joint [fp32] at f=0.01 - none [fp32] at f=0.02 = -5.67 (target >= 0): not met",
+        "- f=0.01: joint (diffusion) [fp32] - joint [fp32] (gan): not measured (no fp32 row of "
+        "`joint (diffusion) [fp32]` at f=0.01)"]
     # the bf16 joint still meets its bf16 controls and plain rows, none of the fp32 ones
-    bf16 = [line for line in quality.targets(rows, "few") if line.startswith("- f=0.01: joint (")]
+    bf16 = [line for line in quality.targets(rows, "few")
+            if line.startswith(("- f=0.01: joint - ", "- f=0.01: joint (1.0 min)", "- data efficiency: joint at"))]
     assert bf16 and all("fp32" not in line for line in bf16), bf16
 
 
@@ -474,3 +482,55 @@ def test_a_stored_row_is_reused_when_its_runs_folder_is_gone(quality, tmp_path, 
     args.seeds = [0, 1]
     later = quality.run_grid(args, tmp_path / "machine-b", stored=stored)  # machine-a's folder is not here
     assert len(trained) == 2 and trained[1].endswith(later[1]["key"]) and later[0] == first[0]
+
+
+def test_a_target_without_its_other_side_says_not_measured(quality):
+    """Every joint row lists every target: a control, a plain run at twice the data or a diffusion twin that
+    was not trained in the row's regime reads "not measured", naming the row that would measure it."""
+    rows = [row("none", s, 80.0) for s in range(3)] + [row("joint", s, 82.0) for s in range(3)]
+    lines = quality.targets(rows, "few")
+    assert "- f=0.01: joint - static: not measured (no bf16 row of `static` at f=0.01)" in lines
+    assert "- f=0.01: joint - matched-views: not measured (no bf16 row of `matched-views` at f=0.01)" in lines
+    assert "- data efficiency: joint at f=0.01 - plain at f=0.02: not measured (no bf16 row of `none` at f=0.02)" in lines
+    assert "- f=0.01: joint (diffusion) - joint (gan): not measured (no bf16 row of `joint (diffusion)` at f=0.01)" in lines
+    # A knob variant of the GAN is not a regime of its own: no diffusion line unless its twin was trained.
+    knobs = rows + [row("joint", s, 83.0, variant="knobs") for s in range(3)]
+    assert not any("[knobs]" in line and "diffusion" in line for line in quality.targets(knobs, "few"))
+    twin = knobs + [row("joint", s, 84.0, generator="diffusion", variant="knobs") for s in range(3)]
+    assert ("- f=0.01: joint (diffusion) [knobs] - joint [knobs] (gan) = +1.00 (target >= 0): met"
+            in quality.targets(twin, "few"))
+
+
+def test_data_efficiency_meets_the_plain_run_trained_with_the_same_change(quality):
+    """`joint [1500 steps]` at f meets `none [1500 steps]` at 2f (the same step count), not `none`; knobs on
+    top of it meet the same row; without that row at 2f the line says which row is missing."""
+    rows = [row("none", s, 80.0, fraction=0.02) for s in range(3)]
+    rows += [row("none", s, 81.0, variant="1500 steps") for s in range(3)]
+    rows += [row("joint", s, 83.0, variant=v) for s in range(3) for v in ("1500 steps", "1500 steps + fast")]
+    lines = quality.targets(rows, "few")
+    assert ("- data efficiency: joint [1500 steps] at f=0.01 - plain at f=0.02: not measured (no bf16 row of "
+            "`none [1500 steps]` at f=0.02)") in lines
+    assert ("- data efficiency: joint [1500 steps + fast] at f=0.01 - plain at f=0.02: not measured (no bf16 row of "
+            "`none [1500 steps]` at f=0.02)") in lines
+    rows += [row("none", s, 84.0, fraction=0.02, variant="1500 steps") for s in range(3)]
+    lines = quality.targets(rows, "few")
+    assert "- data efficiency: joint [1500 steps] at f=0.01 - none [1500 steps] at f=0.02 = -1.00 (target >= 0): not met" in lines
+    assert ("- data efficiency: joint [1500 steps + fast] at f=0.01 - none [1500 steps] at f=0.02 = -1.00 "
+            "(target >= 0): not met") in lines
+
+
+def test_the_grid_lists_the_seeds_of_every_mode_in_every_regime(quality):
+    """The ablation grid at the scarce fraction: a mode never trained in a regime shows as `-`; a variant is a
+    regime when plain SimCLR and another mode were trained in it (a plain budget alone is not)."""
+    rows = [row("none", s, 80.0, fraction=0.005) for s in range(3)] + [row("joint", 1, 82.0, fraction=0.005)]
+    rows += [row("none", s, 80.0, fraction=0.005, variant="fp32") for s in range(3)]
+    rows += [row("matched-views", s, 80.0, fraction=0.005, generator="-", variant="fp32") for s in (0, 2)]
+    rows += [row("none", 0, 80.0, fraction=0.005, variant="1500 steps"), row("static", 0, 80.0)]  # f=0.01
+    rows += [row("joint", 0, 80.0, fraction=0.005, generator="diffusion")]
+    assert quality.coverage(rows, 0.005) == [
+        "| regime | none | matched-views | static | static-pairs | hard-samples | hard-pairs | joint | joint (diffusion) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| default | 0, 1, 2 | - | - | - | - | - | 1 | 0 |",
+        "| fp32 | 0, 1, 2 | 0, 2 | - | - | - | - | - | - |"]
+    report = quality.report(rows, [], ["cmd"], {"Cpu": "x"}, 0.005, setup="small-cnn")
+    assert report[report.index("## The grid at f=0.005: seeds trained") + 6] == "| default | 0, 1, 2 | - | - | - | - | - | 1 | 0 |"
