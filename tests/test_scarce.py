@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,6 +191,37 @@ def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, 
     a = load_file(str(reference / "backbone.safetensors"))
     b = load_file(str(tmp_path / "run" / "backbone.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_while_the_warm_up_exports_its_generator_stops_the_run(tmp_path, one_thread, monkeypatch):
+    """A scheduler's SIGTERM after the warm-up's last step (while it writes its generator) is not lost between
+    the warm-up and the learner: the run stops before its first learner step, and --resume reuses the
+    finished warm-up."""
+    import os
+    import signal
+
+    from synthcl.interfaces import Generator
+    from synthcl.training.session import RunInterrupted
+
+    recipe = load_recipe("fashion-mnist-scarce-joint", gan_shrink())
+    original, trained = Generator.save_pretrained, []
+
+    def signalled(self, folder):
+        if Path(folder).parent.name == PRETRAIN_DIR and not trained:
+            trained.append(folder)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, folder)
+
+    monkeypatch.setattr(Generator, "save_pretrained", signalled)
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=r"interrupted by SIGTERM while warming the generator up; continue with: .* --resume"):
+        train(recipe, out=run, quiet=True)
+    assert trained and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((run / PRETRAIN_DIR / "run.json").read_text())["status"] == "completed"
+    assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()  # no learner step
+    train(recipe, out=run, resume=True, quiet=True)
+    assert json.loads((run / "run.json").read_text())["status"] == "completed" and len(trained) == 1
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist-scarce", "fashion-mnist-scarce-joint", "fashion-mnist-scarce-joint-diffusion"])

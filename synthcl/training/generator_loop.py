@@ -32,7 +32,7 @@ from synthcl.rundir import (
 )
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
 from synthcl.training.checkpoint import load_checkpoint, save_checkpoint, state_of
-from synthcl.training.session import RunInterrupted, RunSession, refuse_resume_past_the_end
+from synthcl.training.session import RunInterrupted, RunSession, StopRequest, refuse_resume_past_the_end
 from synthcl.training.step import GeneratorStep
 from synthcl.viz import save_sample_grid
 
@@ -40,8 +40,10 @@ PRETRAIN_DIR = "generator-pretrain"
 GENERATOR_COLUMNS = ["step", "epoch", "critic_loss", "generator_loss", "images_per_s", "elapsed_s"]
 
 
-def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
-    """Pretrain the recipe's generator on the (fraction of the) training images; return the run dir.
+def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool,
+                    stop: StopRequest | None = None) -> Path:
+    """Pretrain the recipe's generator on the (fraction of the) training images; return the run dir. ``stop``:
+    the stop request of a learner run that warms its generator up with this (see :class:`RunSession`).
 
     Raises:
         SynthclError: on bad input, divergence or interruption, as :func:`synthcl.training.train`.
@@ -88,7 +90,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
         log_every=t.log_every, checkpoint_every=t.checkpoint_every, columns=GENERATOR_COLUMNS,
         loss_names=["critic_loss", "generator_loss"], save=save,
         divergence=("critic/generator loss", "Try lower generator.lr"), batch_size=t.batch_size,
-        title=f"pretrain {recipe.name}", quiet=quiet, device=device,
+        title=f"pretrain {recipe.name}", quiet=quiet, device=device, stop=stop,
     )  # checks metrics.csv: a refused resume leaves recipe.yaml as it was
     atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     generator_step = GeneratorStep(generator, g_opt, d_opt, critic_steps=g.critic_steps,
@@ -173,8 +175,10 @@ def pretrain_recipe(recipe: Recipe) -> Recipe:
     )
 
 
-def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
+def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool, stop: StopRequest) -> Recipe:
     """Warm the recipe's generator up inside a learner run; return the recipe its synthesizer is built from.
+    ``stop`` is the run's stop request, held from the warm-up's first step to the learner's last: a signal
+    that arrives after the warm-up's last step (while it exports the generator) stops the run here.
 
     The warm-up is the generator run of :func:`pretrain_recipe` in ``run_dir/generator-pretrain``:
     trained there, resumed where it stopped, or reused once complete. The returned recipe names it as
@@ -191,7 +195,9 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
         try:
             with lock_released_on_error(folder):
                 train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
-                                overwrite=False, quiet=quiet)
+                                overwrite=False, quiet=quiet, stop=stop)
+                if stop.requested:  # after the warm-up's last step: it is complete, and reused on --resume
+                    raise RunInterrupted("interrupted after the warm-up's last step")
         except TrainingDiverged as err:
             kept = _kept_by_overwrite(run_dir)
             if kept is None:
@@ -203,12 +209,13 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool) -> Recipe:
             kept = _kept_by_overwrite(run_dir)
             if kept is not None:
                 raise RunInterrupted(
-                    f"interrupted while warming the generator up, before the new run's first checkpoint; {kept}; "
+                    f"interrupted{stop.by()} while warming the generator up, before the new run's first checkpoint; {kept}; "
                     f"start again with: synthcl train ... --out {run_dir} --overwrite"
                 ) from None
             write_status(run_dir, "interrupted", 0)
             raise RunInterrupted(
-                f"interrupted while warming the generator up; continue with: synthcl train ... --out {run_dir} --resume"
+                f"interrupted{stop.by()} while warming the generator up; continue with: synthcl train ... --out {run_dir} "
+                "--resume"
             ) from None
         except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".

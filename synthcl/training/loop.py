@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -41,7 +42,7 @@ from synthcl.training.build import (
 )
 from synthcl.training.checkpoint import export_backbone, load_checkpoint, save_checkpoint, state_of
 from synthcl.training.optim import build_optimizer, build_scheduler
-from synthcl.training.session import METRIC_COLUMNS, RunSession, refuse_resume_past_the_end
+from synthcl.training.session import METRIC_COLUMNS, RunSession, StopRequest, refuse_resume_past_the_end
 from synthcl.training.step import LearnerStep
 
 
@@ -102,8 +103,20 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
     t = recipe.train
     source = load_train_source(recipe)
     steps_per_epoch = check_batches_fit(recipe, source, check_launch_environment(t.cpu))
-    # 1b. The generator's warm-up inside the run (generator.pretrain_steps), then the run directory.
-    recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet)
+    # 1b. The generator's warm-up inside the run (generator.pretrain_steps), then the run directory. One stop
+    #     request (Ctrl-C, SIGTERM) is held from the warm-up's first step to the learner's last: a signal that
+    #     arrives between the two sessions (the warm-up's export, building the learner) is not lost.
+    with StopRequest() if needs_in_run_pretraining(recipe) else contextlib.nullcontext() as stop:
+        recipe, build_recipe, resume, overwrite = _warm_up_generator(recipe, run_dir, resume, overwrite, quiet, stop)
+        return _learn(recipe, build_recipe, run_dir, source, steps_per_epoch, resume=resume, overwrite=overwrite,
+                      quiet=quiet, stop=stop)
+
+
+def _learn(recipe: Recipe, build_recipe: Recipe, run_dir: Path, source: Any, steps_per_epoch: int, *, resume: bool,
+           overwrite: bool, quiet: bool, stop: StopRequest | None) -> Path:
+    """A learner run after its step 1b: the run directory, the run's objects (2-3), resume (4), the steps and the
+    export (5-11)."""
+    t = recipe.train
     accelerator = make_accelerator(cpu=t.cpu, mixed_precision=t.precision)
     main = accelerator.is_main_process
     # A refusal on the main process (the folder's checks) ends every process, not only the main one.
@@ -131,7 +144,8 @@ def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bo
         accelerator.wait_for_everyone()
 
     # The session checks metrics.csv on the main process: its refusal, too, ends every process.
-    session = agreed(accelerator, lambda: _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet))
+    session = agreed(accelerator, lambda: _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet,
+                                                   stop))
     if main:  # after every check of the resumed run's files: a refused resume leaves recipe.yaml as it was
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     learner_step = _learner_step(recipe, run, learner, unwrapped, optimizer, accelerator)
@@ -199,8 +213,8 @@ class _Run:
     extra_modules: dict[str, Any] | None
 
 
-def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool,
-                       quiet: bool) -> tuple[Recipe, Recipe, bool, bool]:
+def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, quiet: bool,
+                       stop: StopRequest | None) -> tuple[Recipe, Recipe, bool, bool]:
     """Step 1b: with ``generator.pretrain_steps``, generator-only steps before the learner's first, in a generator
     run of its own (``generator-pretrain/``) that a resumed run resumes or reuses. Returns the recipe, the recipe
     the synthesizer is built from (its generator pretrained), and the resume / overwrite flags left to apply."""
@@ -215,7 +229,7 @@ def _warm_up_generator(recipe: Recipe, run_dir: Path, resume: bool, overwrite: b
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     if not resume or resumable_checkpoint(run_dir) is None:  # a resumed warm-up: not the last attempt's status
         write_status(run_dir, "pretraining generator", 0)
-    return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet), True, False  # the folder is this run's now
+    return recipe, pretrain_in_run(recipe, run_dir, quiet=quiet, stop=stop), True, False  # the folder is this run's now
 
 
 def _build_run(recipe: Recipe, build_recipe: Recipe, accelerator: Any, source: Any, steps_per_epoch: int) -> _Run:
@@ -284,7 +298,7 @@ def _run_info(recipe: Recipe, run: _Run, unwrapped: ContrastiveLearner, world: i
 
 
 def _session(recipe: Recipe, run: _Run, run_dir: Path, info: dict[str, Any], start_step: int, save: Any,
-             accelerator: Any, quiet: bool) -> RunSession:
+             accelerator: Any, quiet: bool, stop: StopRequest | None) -> RunSession:
     t, synth, world = recipe.train, run.synth, accelerator.num_processes
     reduce = (lambda x, op: accelerator.reduce(x, reduction=op)) if world > 1 else None
     return RunSession(
@@ -294,7 +308,7 @@ def _session(recipe: Recipe, run: _Run, run_dir: Path, info: dict[str, Any], sta
         divergence=("loss", "Try a lower optim.lr or set optim.grad_clip"), batch_size=t.batch_size,
         title=f"train {recipe.name}", quiet=quiet, main=accelerator.is_main_process,
         process=accelerator.process_index, device=accelerator.device,
-        reduce=reduce, failure=(lambda: synth.failed(reduce)) if synth is not None else None,
+        reduce=reduce, failure=(lambda: synth.failed(reduce)) if synth is not None else None, stop=stop,
     )
 
 

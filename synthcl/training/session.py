@@ -145,6 +145,10 @@ class StopRequest:
             signal.signal(signum, self._restored(signum))  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
 
+    def by(self) -> str:
+        """`` by SIGTERM`` (with its leading space) for a message, where a signal other than Ctrl-C asked."""
+        return "" if self.requested in (None, "SIGINT") else f" by {self.requested}"
+
     def _restored(self, signum: int) -> Any:
         previous = self._previous.get(signum)
         if previous is not None:
@@ -181,6 +185,8 @@ class RunSession:
         failure: a divergence found elsewhere (the synthesizer's monitor): its message and the (1-based) step
             it names, or None; every process calls it at the same step, and the earlier of it and a
             non-finite loss is reported.
+        stop: a :class:`StopRequest` its caller holds over more than this session (a run's generator warm-up
+            and its learner): a signal that arrives between two sessions is not lost. Default: the session's own.
     """
 
     def __init__(self, run_dir: Path, info: dict[str, Any], *, run_steps: int, start_step: int, steps_per_epoch: int,
@@ -188,7 +194,7 @@ class RunSession:
                  save: Callable[[int], None], divergence: tuple[str, str], batch_size: int, title: str,
                  quiet: bool, main: bool = True, process: int = 0, reduce: Reduce | None = None,
                  failure: Callable[[], tuple[str, int] | None] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", stop: StopRequest | None = None) -> None:
         self.run_dir, self.info = run_dir, info
         self.run_steps, self.start_step, self.steps_per_epoch = run_steps, start_step, steps_per_epoch
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
@@ -198,7 +204,7 @@ class RunSession:
         self.metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
         self.bar = ProgressBar(run_steps, title, unit="img", rate_per_step=batch_size, enabled=main and not quiet,
                                completed=start_step)
-        self.stop = StopRequest()
+        self.stop, self._own_stop = stop or StopRequest(), stop is None
         self.batch_size = batch_size
         self._sums = torch.zeros(len(loss_names), device=device)
         self._bad_step = FirstStep(device)
@@ -208,14 +214,16 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.bar.__enter__()
-        self.stop.__enter__()
+        if self._own_stop:
+            self.stop.__enter__()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
         try:
             self.metrics.close()
         finally:  # the signal handlers go back even when closing the log fails (a full disk)
-            self.stop.__exit__(kind, err, tb)
+            if self._own_stop:
+                self.stop.__exit__(kind, err, tb)
             self.bar.__exit__(kind, err, tb)
         if err is not None and not isinstance(err, (TrainingDiverged, RunInterrupted)):  # those wrote theirs
             self._record_failure(err)
@@ -306,9 +314,8 @@ class RunSession:
             self.save(done)
             self.last_good = done
             self.write_status("interrupted", done)
-            by = "" if self.stop.requested in (None, "SIGINT") else f" by {self.stop.requested}"
             raise RunInterrupted(
-                f"interrupted{by} after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
+                f"interrupted{self.stop.by()} after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
             )
 
     def _stop_agreed(self, done: int) -> bool:
