@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev,metrics]' $(TORCH_PINS)
 	touch $(STAMP)
 
-# Fashion-MNIST: Debian's package where apt is available (no download at run time), otherwise
+# Fashion-MNIST: Debian's package where apt is available and we are root (no download at run time), otherwise
 # torchvision's download into ~/.cache/synthcl.
 data: $(STAMP)
 	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -n "$$SYNTHCL_DATA" ]; then \

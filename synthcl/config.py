@@ -466,6 +466,10 @@ def _check_augment(a: AugmentConfig, prefix: str) -> None:
             len(values) >= 1 and all(0.0 <= v <= 1.0 for v in values),
             f"{prefix}.{name} must be a non-empty list of probabilities in [0, 1], got {values}",
         )
+    for name in ("brightness", "contrast", "saturation"):
+        value = getattr(a, name)
+        _check(value >= 0, f"{prefix}.{name} must be >= 0 (a jitter strength), got {value}")
+    _check(0 <= a.hue <= 0.5, f"{prefix}.hue must be in [0, 0.5] (a fraction of the hue circle), got {a.hue}")
     _check(a.views >= 2, f"{prefix}.views must be >= 2 (positives need two views), got {a.views}")
 
 
@@ -541,6 +545,11 @@ def validate(recipe: Recipe) -> None:
     _check(sy.generator_every >= 1, f"synthesis.generator_every must be >= 1, got {sy.generator_every}")
     _check(sy.sample_every >= 1, f"synthesis.sample_every must be >= 1, got {sy.sample_every}")
     _check(sy.lambda_hard >= 0 and sy.lambda_real >= 0, "synthesis.lambda_hard and synthesis.lambda_real must be >= 0")
+    _check(sy.lambda_hard_final is None or sy.lambda_hard_final >= 0,
+           f"synthesis.lambda_hard_final must be >= 0, got {sy.lambda_hard_final}")
+    _check(-1 <= sy.min_pair_similarity <= 1,
+           f"synthesis.min_pair_similarity must be a cosine in [-1, 1], got {sy.min_pair_similarity}")
+    _check(sy.min_sample_std >= 0, f"synthesis.min_sample_std must be >= 0, got {sy.min_sample_std}")
     _check(0 <= sy.hardness <= sy.hardness_cap and 0 <= sy.hardness_final,
            f"synthesis.hardness must be in [0, hardness_cap], got {sy.hardness} (cap {sy.hardness_cap})")
     for key in ("partner_momentum", "partner_momentum_final"):

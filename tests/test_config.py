@@ -22,6 +22,16 @@ def test_every_bundled_recipe_validates():
         assert path.read_text().startswith("# synthcl train"), f"{name}: first line must be its command"
 
 
+def test_a_recipe_that_needs_a_pretrained_run_trains_it_first_in_its_command():
+    """The first line runs the recipe from nothing: a generator it loads from `runs/NAME` is trained there first."""
+    for name, path in bundled_recipes().items():
+        pretrained = load_recipe(name).generator.pretrained
+        if pretrained and pretrained.startswith("runs/"):
+            command = path.read_text().splitlines()[0]
+            first = f"synthcl train {pretrained.removeprefix('runs/')} --out {pretrained} && "
+            assert first in command and command.index(first) < command.index(f"synthcl train {name} "), name
+
+
 def test_overrides_set_nested_values_with_yaml_types():
     recipe = load_recipe("quickstart", ["optim.lr=0.1", "data.fraction=0.5", "train.max_steps=3",
                                         "augment.blur_p=[1.0, 0.1]", "data.root=null"])
@@ -56,6 +66,11 @@ def test_resolved_recipe_round_trips_through_yaml():
         ({"model": {"backbone": "resnet19"}}, "unknown backbone 'resnet19'"),
         ({"augment": {"crop_scale": [0.5, 0.1]}}, "augment.crop_scale must be [low, high]"),
         ({"data": "cifar10"}, "data: expected a mapping"),
+        ({"augment": {"hue": 5.0}}, "augment.hue must be in [0, 0.5]"),
+        ({"synthesis": {"augment": {"contrast": -0.1}}}, "synthesis.augment.contrast must be >= 0"),
+        ({"synthesis": {"lambda_hard_final": -1.0}}, "synthesis.lambda_hard_final must be >= 0"),
+        ({"synthesis": {"min_pair_similarity": 5.0}}, "synthesis.min_pair_similarity must be a cosine in [-1, 1]"),
+        ({"synthesis": {"min_sample_std": -1.0}}, "synthesis.min_sample_std must be >= 0"),
     ],
 )
 def test_bad_recipes_fail_with_one_line_naming_the_key(data, fragment):
