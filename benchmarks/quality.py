@@ -350,6 +350,8 @@ def label(row: dict) -> str:
     if row["mode"] == "none":
         return "none" if row.get("variant", "default") == "default" else f"none [{row['variant']}]"
     name = row["mode"] if row["generator"] in ("gan", "-") else f"{row['mode']} ({row['generator']})"
+    if row["generator"] == "-" and row.get("recipe") == JOINT["diffusion"]:  # the diffusion recipe's own ratio
+        name = f"{row['mode']} (diffusion)"
     return name if row.get("variant", "default") == "default" else f"{name} [{row['variant']}]"
 
 
@@ -483,17 +485,22 @@ def targets(rows: list[dict], metric: str) -> list[str]:
     for (f, name), (mean, _, n) in sorted(stats.items()):
         if not name.startswith("joint"):
             continue
+        mode, variant, base_variant = variant_parts(name)
+        generator = mode[len("joint"):]  # "" (the GAN) or " (diffusion)"
+        # The default regime: no variant, or knobs alone on top of the recipes' defaults (no plain twin).
+        default = variant is None or (f, f"none [{base_variant}]") not in stats
         for control in ("static", "matched-views"):
-            # the control trained with the same change (the same variant, or its base without the knobs)
-            twins = [name.replace("joint", control, 1), without_knobs(name).replace("joint", control, 1)]
-            twins = [twin.replace(" (diffusion)", "", 1) if control == "matched-views" else twin for twin in twins]
-            base = next((twin for twin in twins + [control] if comparable(f, name, f, twin)), None)
+            # the control of the same generator trained with the same change (the same variant, or its base
+            # without the knobs); the recipe's own control only in the default regime
+            own = f"{control}{generator}"
+            twins = [f"{own} [{v}]" for v in dict.fromkeys((variant, base_variant)) if v] + ([own] if default else [])
+            base = next((twin for twin in twins if comparable(f, name, f, twin)), None)
             if base is None:
-                wanted = next((twin for twin in reversed(twins) if twin != control), twins[0])
-                lines.append(f"- f={f}: {name} - {control}: {missing(f, name, wanted)}")
+                lines.append(f"- f={f}: {name} - {control}: "
+                             f"{missing(f, name, own if default else f'{own} [{base_variant}]')}")
                 continue
             gap = mean - stats[(f, base)][0]
-            lines.append(f"- f={f}: {name} - {control} = {gap:+.2f} (target > 0): "
+            lines.append(f"- f={f}: {name} - {base} = {gap:+.2f} (target > 0): "
                          f"{above(rows, metric, f, name, base, n, stats[(f, base)][2])}")
         # The same minutes: plain SimCLR may spend joint's minutes on any number of steps (a `none [...]`
         # variant trained longer, or the default), so joint meets the best plain row that took no more
@@ -515,12 +522,14 @@ def targets(rows: list[dict], metric: str) -> list[str]:
                 lines.append(f"- f={f}: {name} ({budget / 60:.1f} min): no plain run took as few minutes; plain "
                              f"measured at {measured}")
         # Twice the data: plain SimCLR trained with the row's own change where it has a plain twin at f (the
-        # same step count, say), else plain SimCLR, at 2f.
+        # same step count, say), else plain SimCLR, at 2f (none beyond all the images).
         double_f = round(2 * f, 6)
         twins = [f"none [{v}]" for v in dict.fromkeys(v for v in variant_parts(name)[1:] if v)]
         wanted = next((twin for twin in twins if comparable(f, name, f, twin)), "none")
         double = wanted if comparable(f, name, double_f, wanted) else None
-        if double is None:
+        if double_f > 1:
+            pass
+        elif double is None:
             lines.append(f"- data efficiency: {name} at f={f} - plain at f={double_f}: "
                          f"{missing(f, name, wanted, double_f)}")
         else:
@@ -529,16 +538,18 @@ def targets(rows: list[dict], metric: str) -> list[str]:
                          f"{verdict(gap >= 0, n, stats[(double_f, double)][2])}")
         # The diffusion generator against the GAN, in each regime (the default, or a variant with its own plain
         # rows): knob variants of the GAN meet a diffusion twin only where one was trained.
-        variant = variant_parts(name)[1]
-        if " (diffusion)" not in name:
+        if not generator:
             twin = name.replace("joint", "joint (diffusion)", 1)
-            regime = variant is None or (f, f"none [{variant}]") in stats
             if comparable(f, name, f, twin):
                 gap = stats[(f, twin)][0] - mean
                 lines.append(f"- f={f}: {twin} - {name} (gan) = {gap:+.2f} (target >= 0): "
                              f"{verdict(gap >= 0, stats[(f, twin)][2], n)}")
-            elif regime:
+            elif variant is None or (f, f"none [{variant}]") in stats:
                 lines.append(f"- f={f}: {twin} - {name} (gan): {missing(f, name, twin)}")
+        elif generator == " (diffusion)":
+            gan = name.replace(" (diffusion)", "", 1)
+            if not comparable(f, name, f, gan):
+                lines.append(f"- f={f}: {name} - {gan} (gan): {missing(f, name, gan)}")
     return lines
 
 

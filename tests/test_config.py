@@ -23,12 +23,13 @@ def test_every_bundled_recipe_validates():
 
 
 def test_a_recipe_that_needs_a_pretrained_run_trains_it_first_in_its_command():
-    """The first line runs the recipe from nothing: a generator it loads from `runs/NAME` is trained there first."""
+    """The first line runs the recipe from nothing: a generator it loads from `runs/NAME` is trained there first,
+    with --auto-resume, so that the line can be run again (or after another recipe's that shares the generator)."""
     for name, path in bundled_recipes().items():
         pretrained = load_recipe(name).generator.pretrained
         if pretrained and pretrained.startswith("runs/"):
             command = path.read_text().splitlines()[0]
-            first = f"synthcl train {pretrained.removeprefix('runs/')} --out {pretrained} && "
+            first = f"synthcl train {pretrained.removeprefix('runs/')} --out {pretrained} --auto-resume && "
             assert first in command and command.index(first) < command.index(f"synthcl train {name} "), name
 
 

@@ -339,7 +339,7 @@ def test_knobs_on_top_of_a_variant_meet_that_variants_rows(quality):
         "joint [1500 steps + fast] - none", "joint [1500 steps + fast] - none [1500 steps]",
         "joint [1500 steps + fast] - joint [1500 steps]"]
     assert "| -0.50 ± 0.00 | -0.50, -0.50, -0.50 | an effect (beyond 2 sd) |" in lines[2]
-    assert ("- f=0.01: joint [1500 steps + fast] - matched-views = +1.50 (target > 0): met"
+    assert ("- f=0.01: joint [1500 steps + fast] - matched-views [1500 steps] = +1.50 (target > 0): met"
             in quality.targets(rows, "few"))
     assert quality.without_knobs("joint [knobs]") == "joint" and quality.plain_twin("static", {}) == ["none"]
     # Without rows of the base variant, the knobs are measured against the mode itself.
@@ -534,3 +534,28 @@ def test_the_grid_lists_the_seeds_of_every_mode_in_every_regime(quality):
         "| fp32 | 0, 1, 2 | 0, 2 | - | - | - | - | - | - |"]
     report = quality.report(rows, [], ["cmd"], {"Cpu": "x"}, 0.005, setup="small-cnn")
     assert report[report.index("## The grid at f=0.005: seeds trained") + 6] == "| default | 0, 1, 2 | - | - | - | - | - | 1 | 0 |"
+
+
+def test_a_control_comes_from_the_rows_own_regime_and_generator(quality):
+    """A variant with its own plain rows (another step count) never meets the default recipe's control, nor
+    a diffusion joint the GAN's: a control of another regime or generator is another computation. The line
+    names the control row it used."""
+    rows = ROWS + [row("none", s, 81.0, variant="1500 steps") for s in range(3)]
+    rows += [row("joint", s, 83.0, variant="1500 steps") for s in range(3)]
+    rows += [row("matched-views", s, 80.0, generator="-") for s in range(3)]
+    lines = quality.targets(rows, "few")
+    assert "- f=0.01: joint [1500 steps] - static: not measured (no bf16 row of `static [1500 steps]` at f=0.01)" in lines
+    assert "- f=0.01: joint (diffusion) - static: not measured (no bf16 row of `static (diffusion)` at f=0.01)" in lines
+    # plain SimCLR with the diffusion recipe's extra views (its own synthesis.ratio) is a control of its own
+    diffusion_views = dict(row("matched-views", 0, 85.0, generator="-"), recipe=quality.JOINT["diffusion"])
+    assert quality.label(diffusion_views) == "matched-views (diffusion)"
+    lines = quality.targets(rows + [diffusion_views], "few")
+    assert ("- f=0.01: joint (diffusion) - matched-views (diffusion) = +5.00 (target > 0): too few seeds to call "
+            "(1 on one side)") in lines
+    assert "- f=0.01: joint - matched-views = +3.33 (target > 0): met" in lines  # the GAN recipe's own
+    # no data efficiency beyond all the images; a diffusion row without its GAN twin says so
+    full = [row("none", s, 80.0, fraction=1.0) for s in range(3)] + [row("joint", s, 82.0, fraction=1.0) for s in range(3)]
+    full += [row("joint", s, 82.0, fraction=1.0, generator="diffusion", variant="dv") for s in range(3)]
+    lines = quality.targets(full, "few")
+    assert not any("f=2.0" in line for line in lines)
+    assert "- f=1.0: joint (diffusion) [dv] - joint [dv] (gan): not measured (no bf16 row of `joint [dv]` at f=1.0)" in lines

@@ -204,24 +204,25 @@ def test_sigterm_while_the_warm_up_exports_its_generator_stops_the_run(tmp_path,
     from synthcl.training.session import RunInterrupted
 
     recipe = load_recipe("fashion-mnist-scarce-joint", gan_shrink())
-    original, trained = Generator.save_pretrained, []
+    original, exports = Generator.save_pretrained, []
 
     def signalled(self, folder):
-        if Path(folder).parent.name == PRETRAIN_DIR and not trained:
-            trained.append(folder)
-            os.kill(os.getpid(), signal.SIGTERM)
+        if Path(folder).parent.name == PRETRAIN_DIR:
+            exports.append(folder)
+            if len(exports) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
         return original(self, folder)
 
     monkeypatch.setattr(Generator, "save_pretrained", signalled)
     run = tmp_path / "run"
     with pytest.raises(RunInterrupted, match=r"interrupted by SIGTERM while warming the generator up; continue with: .* --resume"):
         train(recipe, out=run, quiet=True)
-    assert trained and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert exports and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert json.loads((run / PRETRAIN_DIR / "run.json").read_text())["status"] == "completed"
     assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()  # no learner step
     train(recipe, out=run, resume=True, quiet=True)
-    assert json.loads((run / "run.json").read_text())["status"] == "completed" and len(trained) == 1
+    assert json.loads((run / "run.json").read_text())["status"] == "completed" and len(exports) == 1  # reused
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist-scarce", "fashion-mnist-scarce-joint", "fashion-mnist-scarce-joint-diffusion"])

@@ -196,7 +196,7 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool, stop: StopReq
             with lock_released_on_error(folder):
                 train_generator(pretrain_recipe(recipe), folder, resume=(folder / RECIPE_FILE).is_file(),
                                 overwrite=False, quiet=quiet, stop=stop)
-                if stop.requested:  # after the warm-up's last step: it is complete, and reused on --resume
+                if stop.requested:  # after the warm-up's last step: complete, and reused on --resume (not --overwrite)
                     raise RunInterrupted("interrupted after the warm-up's last step")
         except TrainingDiverged as err:
             kept = _kept_by_overwrite(run_dir)
