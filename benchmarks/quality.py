@@ -527,12 +527,10 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         twins = [f"none [{v}]" for v in dict.fromkeys(v for v in variant_parts(name)[1:] if v)]
         wanted = next((twin for twin in twins if comparable(f, name, f, twin)), "none")
         double = wanted if comparable(f, name, double_f, wanted) else None
-        if double_f > 1:
-            pass
-        elif double is None:
+        if double is None and double_f <= 1:
             lines.append(f"- data efficiency: {name} at f={f} - plain at f={double_f}: "
                          f"{missing(f, name, wanted, double_f)}")
-        else:
+        elif double is not None:
             gap = mean - stats[(double_f, double)][0]
             lines.append(f"- data efficiency: {name} at f={f} - {double} at f={double_f} = {gap:+.2f} (target >= 0): "
                          f"{verdict(gap >= 0, n, stats[(double_f, double)][2])}")
@@ -555,8 +553,8 @@ def targets(rows: list[dict], metric: str) -> list[str]:
 
 def coverage(rows: list[dict], scarce: float) -> list[str]:
     """The protocol's ablation grid at the scarce fraction, one line per regime (the default recipes, and each
-    variant trained for plain SimCLR and another mode alike): how many seeds each mode has, so a row never trained reads as a gap
-    in the table, not as an omission."""
+    variant trained for plain SimCLR and another mode alike): the seeds of each mode, so that a row never
+    trained reads as a gap in the table, not as an omission."""
     groups = by_seed([r for r in rows if r["fraction"] == scarce])
     names = {n for (_, n) in groups}
     plain = {variant_parts(n)[1] for n in names if n.startswith("none [")}
