@@ -46,12 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, markdown
 
 from synthcl.config import load_recipe, read_run_recipe, recipe_to_dict, uses_generator
-from synthcl.errors import RunDirError, RunInUseError
+from synthcl.errors import RunDirError, RunInUseError, SynthclError
 from synthcl.eval import evaluate_run
 from synthcl.io import atomic_write_text, read_json, save_figure
 from synthcl.rundir import STATUS_FILE, held_elsewhere, is_run_dir, resumable_checkpoint, training_seconds
 from synthcl.training import train
 from synthcl.training.generator_loop import pretrain_recipe
+from synthcl.training.session import RunInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "fashion-mnist-scarce"
@@ -739,5 +740,22 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def entry() -> None:
+    """`main` with the CLI's manners: a stopped run or bad input ends in one line and a non-zero status."""
+    try:
+        main()
+    except RunInterrupted as err:
+        # The run is checkpointed; the grid (not `synthcl train` alone) should go on: probe it, then the rest.
+        print(f"error: {str(err).split('; continue with')[0]}; the same quality.py command resumes it and goes on",
+              file=sys.stderr)
+        sys.exit(2)
+    except SynthclError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

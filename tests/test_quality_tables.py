@@ -559,3 +559,36 @@ def test_a_control_comes_from_the_rows_own_regime_and_generator(quality):
     lines = quality.targets(full, "few")
     assert not any("f=2.0" in line for line in lines)
     assert "- f=1.0: joint (diffusion) [dv] - joint [dv] (gan): not measured (no bf16 row of `joint [dv]` at f=1.0)" in lines
+
+
+def test_a_stopped_grid_ends_in_one_line_that_says_how_to_go_on(quality, monkeypatch, capsys):
+    """SIGTERM or Ctrl-C during a run of the grid: the run is checkpointed, and the benchmark ends with one line
+    (not the run's traceback) that points at the same quality.py command, which resumes the run and probes it."""
+    from synthcl.errors import ConfigError
+    from synthcl.training.session import RunInterrupted
+
+    def stopped():
+        raise RunInterrupted("interrupted by SIGTERM after step 937; continue with: synthcl train ... --out R --resume")
+
+    monkeypatch.setattr(quality, "main", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        quality.entry()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == ("error: interrupted by SIGTERM after step 937; the same quality.py command resumes it and goes on\n")
+
+    def bad_override():
+        raise ConfigError("unknown key 'train.stepz'")
+
+    monkeypatch.setattr(quality, "main", bad_override)
+    with pytest.raises(SystemExit) as exit_:
+        quality.entry()
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: unknown key 'train.stepz'\n"
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "main", ctrl_c)
+    with pytest.raises(SystemExit) as exit_:
+        quality.entry()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "interrupted\n"
