@@ -9,6 +9,7 @@ import csv
 import io
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,8 @@ class RunSession:
         self.loss_names, self.save, self.divergence = loss_names, save, divergence
         self.main, self.process, self.reduce, self.failure = main, process, reduce, failure
         self.last_good = start_step
+        # Tells this session's run.json writes from an earlier one's (a failure recorded before a resume).
+        self.attempt = uuid.uuid4().hex[:12]
         self.metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
         self.bar = ProgressBar(run_steps, title, unit="img", rate_per_step=batch_size, enabled=main and not quiet,
                                completed=start_step)
@@ -244,14 +247,27 @@ class RunSession:
             current = read_json_object(self.run_dir / STATUS_FILE)
             if (current is None and not self.main) or (current or {}).get("status") == "failed":
                 return
-            self.write_status("failed", self.last_good, every_process=True, error=error)
+            # Another process keeps the main one's attempt, so the main one knows the failure is this run's.
+            attempt = self.attempt if self.main else (current or {}).get("attempt")
+            self.write_status("failed", self.last_good, every_process=True, error=error, attempt=attempt)
         except OSError:  # a full disk: the error on its way out says more than this one would
             pass
 
     def write_status(self, status: str, step: int, every_process: bool = False, **extra: Any) -> None:
-        """``run.json`` (on the main process only, unless ``every_process``)."""
-        if self.main or every_process:
-            write_status(self.run_dir, status, step, total_steps=self.run_steps, **self.info, **extra)
+        """``run.json`` (on the main process only, unless ``every_process``), with this session's ``attempt``.
+
+        ``running`` and ``interrupted`` leave a failure that another process of this attempt recorded in
+        place: the main process goes on until its next collective fails, and that failure would otherwise
+        be written over at a checkpoint between the two, leaving the error that says less.
+        """
+        if not (self.main or every_process):
+            return
+        if self.main and status in ("running", "interrupted"):
+            current = read_json_object(self.run_dir / STATUS_FILE) or {}
+            if current.get("status") == "failed" and current.get("attempt") == self.attempt:
+                return
+        extra.setdefault("attempt", self.attempt)
+        write_status(self.run_dir, status, step, total_steps=self.run_steps, **self.info, **extra)
 
     def record(self, step: int, losses: Tensor) -> None:
         """Add a step's losses (1-D, on the device) to the interval; flag the first non-finite one."""
