@@ -658,12 +658,15 @@ def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], ma
             lines.append(f"| {'raw pixels (standardised, no encoder)' if init == 'pixels' else 'random-init encoder'} "
                          f"| {f['few']:.2f} ± {f['few_sd']:.2f} (label subsets) | {f['knn']:.2f} | {f['linear']:.2f} |")
     lines += ["", "## Runs", "",
-              "| fraction | mode | linear, 1% labels | kNN, all labels | linear, all labels | minutes | seeds |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
-    minutes = summarize(all_rows, "train_s")
+              "| fraction | mode | linear, 1% labels | kNN, all labels | linear, all labels | minutes | seeds | "
+              "linear, 1% labels, per seed |",
+              "|---:|---|---:|---:|---:|---:|---:|---|"]
+    minutes, groups = summarize(all_rows, "train_s"), by_seed(all_rows)
     for key in sorted(stats[PRIMARY]):
         cells = [f"{stats[m][key][0]:.2f} ± {stats[m][key][1]:.2f}" for m in ("few", "knn", "linear")]
-        lines.append(f"| {key[0]} | {key[1]} | {' | '.join(cells)} | {minutes[key][0] / 60:.1f} | {stats[PRIMARY][key][2]} |")
+        each = ", ".join(f"{groups[key][s][PRIMARY]:.2f} (seed {s})" for s in sorted(groups[key]))
+        lines.append(f"| {key[0]} | {key[1]} | {' | '.join(cells)} | {minutes[key][0] / 60:.1f} | "
+                     f"{stats[PRIMARY][key][2]} | {each} |")
     lines += ["", f"## Headroom (primary metric, scarce fraction f={scarce})", "", *headroom(all_rows, floor, scarce)]
     pairs = paired(all_rows, PRIMARY)
     if pairs:

@@ -592,3 +592,11 @@ def test_a_stopped_grid_ends_in_one_line_that_says_how_to_go_on(quality, monkeyp
     with pytest.raises(SystemExit) as exit_:
         quality.entry()
     assert exit_.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_the_runs_table_shows_each_seed_s_primary_figure(quality):
+    """A figure quoted per seed (a row's three runs) is read off the report, not recomputed from its json."""
+    report = quality.report(ROWS, [], ["cmd"], {"Cpu": "x"}, 0.01, setup="small-cnn")
+    assert "| 0.01 | joint | 83.33 ± 1.04 | 70.00 ± 0.00 | 80.00 ± 0.00 | 1.0 | 3 | " \
+           "82.50 (seed 0), 83.00 (seed 1), 84.50 (seed 2) |" in report
+    assert "| 0.01 | static | 80.50 ± 0.71 | 70.00 ± 0.00 | 80.00 ± 0.00 | 1.0 | 2 | 80.00 (seed 0), 81.00 (seed 2) |" in report
