@@ -432,13 +432,17 @@ def variant_parts(name: str) -> tuple[str, str | None, str | None]:
     return mode, variant, variant.split(" + ", 1)[0]
 
 
-def plain_twin(name: str, groups: dict) -> list[str]:
-    """The plain rows a run is compared with: `none`, and `none [v]` where a run ``mode [v]`` has a plain
-    twin trained with the same change (e.g. the same step count), whichever fractions hold it; for a run
-    ``mode [v + knobs]``, `none [v]` (the knobs change only the synthesis, not plain SimCLR)."""
+def twins(mode: str, name: str) -> list[str]:
+    """The rows of ``mode`` trained with the change of row ``name``: ``mode [v]`` for a row ``... [v]``, then
+    ``mode [v]`` for a row ``... [v + knobs]`` (the knobs change only the synthesis); none for a default row."""
     _, variant, base = variant_parts(name)
-    twins = list(dict.fromkeys(f"none [{v}]" for v in (variant, base) if v))
-    return ["none"] + [twin for twin in twins if any(n == twin for (_, n) in groups)]
+    return [f"{mode} [{v}]" for v in dict.fromkeys((variant, base)) if v]
+
+
+def plain_twin(name: str, groups: dict) -> list[str]:
+    """The plain rows a run is compared with: `none`, and its twins (:func:`twins`) that ``groups`` holds at
+    any fraction."""
+    return ["none"] + [twin for twin in twins("none", name) if any(n == twin for (_, n) in groups)]
 
 
 def without_knobs(name: str, groups: dict | None = None) -> str:
@@ -494,8 +498,8 @@ def targets(rows: list[dict], metric: str) -> list[str]:
             # the control of the same generator trained with the same change (the same variant, or its base
             # without the knobs); the recipe's own control only in the default regime
             own = f"{control}{generator}"
-            twins = [f"{own} [{v}]" for v in dict.fromkeys((variant, base_variant)) if v] + ([own] if default else [])
-            base = next((twin for twin in twins if comparable(f, name, f, twin)), None)
+            candidates = twins(own, name) + ([own] if default else [])
+            base = next((twin for twin in candidates if comparable(f, name, f, twin)), None)
             if base is None:
                 lines.append(f"- f={f}: {name} - {control}: "
                              f"{missing(f, name, own if default else f'{own} [{base_variant}]')}")
@@ -525,8 +529,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         # Twice the data: plain SimCLR trained with the row's own change where it has a plain twin at f (the
         # same step count, say), else plain SimCLR, at 2f (none beyond all the images).
         double_f = round(2 * f, 6)
-        twins = [f"none [{v}]" for v in dict.fromkeys(v for v in variant_parts(name)[1:] if v)]
-        wanted = next((twin for twin in twins if comparable(f, name, f, twin)), "none")
+        wanted = next((twin for twin in twins("none", name) if comparable(f, name, f, twin)), "none")
         double = wanted if comparable(f, name, double_f, wanted) else None
         if double is None and double_f <= 1:
             lines.append(f"- data efficiency: {name} at f={f} - plain at f={double_f}: "
