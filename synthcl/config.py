@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from synthcl.errors import ConfigError, RegistryError, suggest
+from synthcl.errors import ConfigError, RegistryError, UnregisteredComponent, suggest
 
 
 @dataclass
@@ -587,7 +587,7 @@ def validate(recipe: Recipe) -> None:
         try:
             reg.get(name)
         except RegistryError as err:
-            raise ConfigError(f"{key}: {err}") from None
+            raise UnregisteredComponent(f"{key}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -740,6 +740,9 @@ def read_run_recipe(run_dir: Path) -> Recipe:
         raise RunDirError(f"{run_dir} is not a synthcl run directory (no recipe.yaml)")
     try:
         return recipe_from_dict(read_yaml(path))
+    except UnregisteredComponent as err:  # the file is whole: a component of the user's was not imported
+        raise RunDirError(f"{path} names a component this command has not registered ({err}); one of your own "
+                          "is registered by passing its file again (--code FILE), as when the run trained") from None
     except ConfigError as err:
         raise RunDirError(f"{path} is damaged or no longer valid: {err}") from None
 

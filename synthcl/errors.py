@@ -29,6 +29,10 @@ class ConfigError(SynthclError):
     """A recipe key, value or override is invalid."""
 
 
+class UnregisteredComponent(ConfigError):
+    """A recipe names a dataset, learner, backbone or generator that no module registered in this process."""
+
+
 class RegistryError(SynthclError, KeyError):
     """A name is not registered."""
 

@@ -110,8 +110,7 @@ def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> l
     return diffs
 
 
-def _refuse_another_recipe(run_dir: Path, recipe: Recipe,
-                           hint: str = "resume with the run's own recipe") -> Recipe:
+def _refuse_another_recipe(run_dir: Path, recipe: Recipe, hint: str) -> Recipe:
     """The run's stored recipe, if ``recipe`` may continue it (only :data:`RESUMABLE_CHANGES` differ).
 
     Raises:
@@ -175,7 +174,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
         problem = run_dir_problem(run_dir)
         if problem is not None:
             raise RunDirError(f"cannot resume: {problem}")
-        _refuse_another_recipe(run_dir, recipe)
+        _refuse_another_recipe(run_dir, recipe, "resume with the run's own recipe: synthcl train "
+                               f"{run_dir / 'recipe.yaml'} --out {run_dir} --resume")
         acquire_lock(run_dir)
         return recipe
     if run_dir.exists() and not run_dir.is_dir():

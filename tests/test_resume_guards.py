@@ -210,3 +210,40 @@ def test_resume_refuses_a_metrics_file_with_columns_the_run_does_not_write(
                            "--resume", "-q")
     assert code == 0, err
     assert status_of(run)["step"] == 4
+
+
+# -- messages that say what to do (a user-journey review) ---------------------------------------------
+
+
+def test_resuming_with_another_recipe_names_the_command_that_resumes(tmp_path, one_thread, tiny_recipe_file,
+                                                                     monkeypatch, capsys):
+    recipe = tiny_recipe_file(train={"max_steps": 2})
+    run = tmp_path / "run"
+    assert run_cli(monkeypatch, capsys, "train", str(recipe), "optim.lr=0.0123", "--out", str(run), "-q")[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "--resume", "-q")
+    advice = f"synthcl train {run / 'recipe.yaml'} --out {run} --resume"
+    assert_one_line_error(code, err, f"(changed: optim.lr); resume with the run's own recipe: {advice}")
+    assert run_cli(monkeypatch, capsys, *advice.split()[1:], "-q")[0] == 0  # the advice works
+
+
+def test_a_run_whose_recipe_names_a_component_not_registered_says_to_pass_its_file(tmp_path, one_thread, plain_run,
+                                                                                  monkeypatch, capsys):
+    """The recipe file is whole; the dataset (say) came from a --code file that this command was not given.
+    It was called damaged, with a near-miss suggestion of a built-in."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(plain_run, run)
+    stored = (run / "recipe.yaml").read_text()
+    (run / "recipe.yaml").write_text(stored.replace("dataset: shapes", "dataset: stripes"))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "-q")
+    assert_one_line_error(code, err, "names a component this command has not registered (data.dataset: unknown dataset")
+    assert "passing its file again (--code FILE)" in err and "damaged" not in err
+
+
+def test_a_pretrained_generator_that_does_not_exist_says_to_train_it(tmp_path, one_thread, tiny_recipe_file,
+                                                                     monkeypatch, capsys):
+    recipe = tiny_recipe_file(**merge(JOINT, {"generator": {"pretrained": str(tmp_path / "gan"), "pretrain_steps": 0},
+                                              "synthesis": {"mode": "static"}}))
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(code, err, f"generator.pretrained: {tmp_path / 'gan'} does not exist; train a generator there")

