@@ -63,6 +63,9 @@ def test_train_and_eval_from_the_cli(monkeypatch, capsys, tmp_path, tiny_recipe_
 def test_recipes_list_and_show(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "recipes", "list")
     assert code == 0 and "quickstart" in out and "cifar10-byol" in out
+    # one column of descriptions, however long the longest name
+    starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in out.splitlines()}
+    assert len(starts) == 1, out
     code, out, _ = run_cli(monkeypatch, capsys, "recipes", "show", "quickstart")
     assert code == 0 and out.startswith("# synthcl train quickstart")
 

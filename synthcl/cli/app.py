@@ -310,9 +310,11 @@ def recipes_list() -> None:
     """List the bundled recipes with their descriptions."""
     from synthcl.config import bundled_recipes, read_yaml
 
-    for name, path in bundled_recipes().items():
+    recipes = bundled_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, path in recipes.items():
         description = read_yaml(path).get("description", "")
-        typer.echo(f"{name:28s} {description}")
+        typer.echo(f"{name:{width}s}  {description}")
 
 
 @recipes_app.command("show")

@@ -31,7 +31,7 @@ from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
 from synthcl.eval.probes import extract_features, knn_accuracy, label_subset_probe
 from synthcl.eval.results import CHECKPOINT, combine_fractions, update_result
-from synthcl.eval.run import Init, load_run_backbone, run_device, run_features, weights_measured
+from synthcl.eval.run import FEATURES_OF, Init, load_run_backbone, run_device, run_features, weights_measured
 from synthcl.registry import DATASETS
 
 EFFICIENCY_FRACTIONS = (0.01, 0.1, 1.0)
@@ -245,7 +245,7 @@ def evaluate_transfer(
     mean, std = info["normalization"]["mean"], info["normalization"]["std"]
     if not quiet:
         print(f"transfer to {dataset}: extracting features of {len(train_set)} train and {len(test_set)} test "
-              f"images at {image_size} px, {channels} channel(s) ({init} backbone)")
+              f"images at {image_size} px, {channels} channel(s) ({FEATURES_OF[init]})")
     x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
     x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
     result: dict[str, Any] = {

@@ -25,6 +25,8 @@ from synthcl.weights import load_weights
 Protocol = Literal["linear", "knn", "few-label", "all"]
 Init = Literal["trained", "random", "pixels"]
 INITS = ("trained", "random", "pixels")
+# what each init measures, for the progress lines
+FEATURES_OF = {"trained": "trained backbone", "random": "randomly initialised backbone", "pixels": "raw pixels"}
 PROBE_CONTEXT = ("init", "dataset", "train_images", "test_images")
 """What results merged into one eval.json share besides the weights measured."""
 
@@ -187,7 +189,7 @@ def run_features(run_dir: Path, init: str, *, device: str | None = None, quiet: 
     train_set, test_set = load_dataset(d.dataset, "train", **kwargs), load_dataset(d.dataset, "test", **kwargs)
     mean, std = info["normalization"]["mean"], info["normalization"]["std"]
     if not quiet:
-        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({init} backbone)")
+        print(f"extracting features of {len(train_set)} train and {len(test_set)} test images ({FEATURES_OF[init]})")
     x_train, y_train = extract_features(backbone, train_set, mean, std, batch_size=e.batch_size, device=dev)
     x_test, y_test = extract_features(backbone, test_set, mean, std, batch_size=e.batch_size, device=dev)
     return RunFeatures(recipe, info, x_train, y_train, x_test, y_test, checkpoint)
