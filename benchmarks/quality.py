@@ -472,6 +472,20 @@ def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int
     return "not met" + (f" (within 2 sd of the paired differences, sd {sd:.2f}: no effect)" if mean > 0 else "")
 
 
+def spread(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[float, str]) -> str:
+    """`` (paired by seed ..., sd ...: within 2 sd)`` for ``row`` minus ``other`` where three seeds or more
+    hold both (same seed: the same learner initialisation and batches, even at another fraction), else ""."""
+    groups = by_seed(rows)
+    mine, theirs = groups.get(row, {}), groups.get(other, {})
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 3:
+        return ""
+    d = [mine[s][metric] - theirs[s][metric] for s in seeds]
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    where = "beyond 2 sd" if abs(mean) > 2 * sd else "within 2 sd: no difference shown either way"
+    return f" (paired by seed {', '.join(f'{x:+.2f}' for x in d)}, sd {sd:.2f}: {where})"
+
+
 def targets(rows: list[dict], metric: str) -> list[str]:
     """The method's comparisons beyond `none` on ``metric``, for every joint row: above static, above
     matched-views and above the best plain run in its minutes (each paired by seed, beyond 2 sd), at f against
@@ -537,7 +551,8 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         elif double is not None:
             gap = mean - stats[(double_f, double)][0]
             lines.append(f"- data efficiency: {name} at f={f} - {double} at f={double_f} = {gap:+.2f} (target >= 0): "
-                         f"{verdict(gap >= 0, n, stats[(double_f, double)][2])}")
+                         f"{verdict(gap >= 0, n, stats[(double_f, double)][2])}"
+                         f"{spread(rows, metric, (f, name), (double_f, double))}")
         # The diffusion generator against the GAN, in each regime (the default, or a variant with its own plain
         # rows): knob variants of the GAN meet a diffusion twin only where one was trained.
         if not generator:

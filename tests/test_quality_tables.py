@@ -61,7 +61,9 @@ def test_targets_compare_joint_with_controls_and_with_twice_the_data(quality):
     tight = [r for r in full if r["mode"] != "static"] + [row("static", s, few - 1.0 - 0.1 * s)
                                                           for s, few in enumerate((82.5, 83.0, 84.5))]
     assert "- f=0.01: joint - static = +1.10 (target > 0): met" in quality.targets(tight, "few")
-    assert "- data efficiency: joint at f=0.01 - none at f=0.02 = +0.00 (target >= 0): met" in lines
+    # the seeds of the two sides, paired, beside it: one fraction is not the other, but the learner's seed is
+    assert ("- data efficiency: joint at f=0.01 - none at f=0.02 = +0.00 (target >= 0): met (paired by seed -1.50, "
+            "+1.00, +0.50, sd 1.32: within 2 sd: no difference shown either way)") in lines
     lines = quality.targets(full + [row("static", s, 90.0, fraction=0.005) for s in range(3)]
                             + [row("joint", s, 89.0, fraction=0.005) for s in range(3)], "few")
     assert "- f=0.005: joint - static = -1.00 (target > 0): not met" in lines
@@ -451,7 +453,8 @@ def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
         "- f=0.01: joint [fp32] - matched-views: not measured (no fp32 row of `matched-views [fp32]` at f=0.01)",
         "- f=0.01: joint [fp32] (1.0 min) - the best plain run in no more minutes, none [fp32] = +2.33 (target > 0): "
         "met; plain measured at none [fp32] 1.0 min",
-        "- data efficiency: joint [fp32] at f=0.01 - none [fp32] at f=0.02 = -5.67 (target >= 0): not met",
+        "- data efficiency: joint [fp32] at f=0.01 - none [fp32] at f=0.02 = -5.67 (target >= 0): not met "
+        "(paired by seed -6.50, -6.00, -4.50, sd 1.04: beyond 2 sd)",
         "- f=0.01: joint (diffusion) [fp32] - joint [fp32] (gan): not measured (no fp32 row of "
         "`joint (diffusion) [fp32]` at f=0.01)"]
     # the bf16 joint still meets its bf16 controls and plain rows, none of the fp32 ones
@@ -514,9 +517,11 @@ def test_data_efficiency_meets_the_plain_run_trained_with_the_same_change(qualit
             "`none [1500 steps]` at f=0.02)") in lines
     rows += [row("none", s, 84.0, fraction=0.02, variant="1500 steps") for s in range(3)]
     lines = quality.targets(rows, "few")
-    assert "- data efficiency: joint [1500 steps] at f=0.01 - none [1500 steps] at f=0.02 = -1.00 (target >= 0): not met" in lines
+    paired = " (paired by seed -1.00, -1.00, -1.00, sd 0.00: beyond 2 sd)"
+    assert ("- data efficiency: joint [1500 steps] at f=0.01 - none [1500 steps] at f=0.02 = -1.00 (target >= 0): "
+            "not met" + paired) in lines
     assert ("- data efficiency: joint [1500 steps + fast] at f=0.01 - none [1500 steps] at f=0.02 = -1.00 "
-            "(target >= 0): not met") in lines
+            "(target >= 0): not met" + paired) in lines
 
 
 def test_the_grid_lists_the_seeds_of_every_mode_in_every_regime(quality):
