@@ -433,8 +433,9 @@ def variant_parts(name: str) -> tuple[str, str | None, str | None]:
 
 
 def twins(mode: str, name: str) -> list[str]:
-    """The rows of ``mode`` trained with the change of row ``name``: ``mode [v]`` for a row ``... [v]``, then
-    ``mode [v]`` for a row ``... [v + knobs]`` (the knobs change only the synthesis); none for a default row."""
+    """The rows of ``mode`` trained with the change of row ``name``: ``mode [v]`` for a row ``... [v]``; for a
+    row ``... [v + knobs]``, ``mode [v + knobs]`` then ``mode [v]`` (knobs that change only the synthesis leave
+    plain SimCLR as it was); none for a default row."""
     _, variant, base = variant_parts(name)
     return [f"{mode} [{v}]" for v in dict.fromkeys((variant, base)) if v]
 
@@ -460,29 +461,32 @@ def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int
     two standard deviations of the paired differences (a smaller one is no effect, whatever its sign)."""
     if min(n, other_n) < 3:
         return verdict(True, n, other_n)
-    groups = by_seed(rows)
-    mine, theirs = groups.get((f, name), {}), groups.get((f, other), {})
-    seeds = sorted(set(mine) & set(theirs))
-    if len(seeds) < 3:
-        return f"too few seeds to call ({len(seeds)} paired)"
-    d = [mine[s][metric] - theirs[s][metric] for s in seeds]
+    d = paired_differences(rows, metric, (f, name), (f, other))
+    if len(d) < 3:
+        return f"too few seeds to call ({len(d)} paired)"
     mean, sd = statistics.mean(d), statistics.stdev(d)
+    listed = f"paired by seed {', '.join(f'{x:+.2f}' for x in d)}, sd {sd:.2f}"
     if mean > 2 * sd:
-        return "met"
-    return "not met" + (f" (within 2 sd of the paired differences, sd {sd:.2f}: no effect)" if mean > 0 else "")
+        return f"met ({listed})"
+    return f"not met ({listed}" + (": within 2 sd, no effect)" if mean > 0 else ")")
+
+
+def paired_differences(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[float, str]) -> list[float]:
+    """``row`` minus ``other`` ((fraction, label) each) at every seed both hold, in seed order."""
+    groups = by_seed(rows)
+    mine, theirs = groups.get(row, {}), groups.get(other, {})
+    return [mine[s][metric] - theirs[s][metric] for s in sorted(set(mine) & set(theirs))]
 
 
 def spread(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[float, str]) -> str:
-    """`` (paired by seed ..., sd ...: within 2 sd)`` for ``row`` minus ``other`` where three seeds or more
-    hold both (same seed: the same learner initialisation and batches, even at another fraction), else ""."""
-    groups = by_seed(rows)
-    mine, theirs = groups.get(row, {}), groups.get(other, {})
-    seeds = sorted(set(mine) & set(theirs))
-    if len(seeds) < 3:
+    """`` (paired by seed ..., sd ...: within 2 sd ...)`` for ``row`` minus ``other`` where three seeds or more
+    hold both, else "". At another fraction a seed shares the learner's initialisation and the first images
+    of its subset (a fraction is the head of one seeded permutation), not the batches."""
+    d = paired_differences(rows, metric, row, other)
+    if len(d) < 3:
         return ""
-    d = [mine[s][metric] - theirs[s][metric] for s in seeds]
     mean, sd = statistics.mean(d), statistics.stdev(d)
-    where = "beyond 2 sd" if abs(mean) > 2 * sd else "within 2 sd: no difference shown either way"
+    where = "beyond 2 sd" if abs(mean) > 2 * sd else "within 2 sd: neither side shown better"
     return f" (paired by seed {', '.join(f'{x:+.2f}' for x in d)}, sd {sd:.2f}: {where})"
 
 
@@ -767,8 +771,7 @@ def entry() -> None:
         main()
     except RunInterrupted as err:
         # The run is checkpointed; the grid (not `synthcl train` alone) should go on: probe it, then the rest.
-        print(f"error: {str(err).split('; continue with')[0]}; the same quality.py command resumes it and goes on",
-              file=sys.stderr)
+        print(f"error: {err.what}; the same quality.py command resumes it and goes on", file=sys.stderr)
         sys.exit(2)
     except SynthclError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -741,7 +741,9 @@ def read_run_recipe(run_dir: Path) -> Recipe:
     try:
         return recipe_from_dict(read_yaml(path))
     except UnregisteredComponent as err:  # the file is whole: a component of the user's was not imported
-        raise RunDirError(f"{path} names a component this command has not registered ({err}); one of your own "
+        # the registry's own hint about --code, when it gave one, is said once, here
+        said = str(err).split("; one of your own is registered")[0]
+        raise RunDirError(f"{path} names a component this command has not registered ({said}); one of your own "
                           "is registered by passing its file again (--code FILE), as when the run trained") from None
     except ConfigError as err:
         raise RunDirError(f"{path} is damaged or no longer valid: {err}") from None

@@ -195,14 +195,22 @@ def test_an_encoder_given_with_features_auto_is_the_feature_space(tmp_path, monk
         generator_eval.evaluate_generator(tmp_path, encoder=tmp_path / "enc", features="auto", n=4, quiet=True)
 
 
-def test_features_encoder_without_an_encoder_asks_for_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("protocol", ["evaluate_transfer", "evaluate_efficiency"])
+def test_an_unknown_init_is_refused_by_every_probe_protocol(protocol, tmp_path):
+    from synthcl.errors import ConfigError
+    from synthcl.eval import protocols
+
+    arguments = {"dataset": "mnist"} if protocol == "evaluate_transfer" else {}
+    with pytest.raises(ConfigError, match="init must be one of trained, random, pixels, got 'pixel'"):
+        getattr(protocols, protocol)(tmp_path, init="pixel", **arguments)
+
+
+def test_features_encoder_without_an_encoder_asks_for_one(tmp_path):
     """Not "install the metrics extra": the user chose the encoder's space and named no encoder."""
     from synthcl.errors import ConfigError
     from synthcl.eval import generator_eval
 
-    monkeypatch.setattr(generator_eval, "read_run_recipe", lambda run: type("R", (), {"stage": "generator"})())
-    monkeypatch.setattr(generator_eval, "require_run_dir", lambda *a, **k: None)
-    monkeypatch.setattr("synthcl.generation.load_generator", lambda run: None)
+    # before any file is read: tmp_path holds no run at all
     with pytest.raises(ConfigError, match=r"^--features encoder needs --encoder RUN_DIR"):
         generator_eval.evaluate_generator(tmp_path, features="encoder", n=4, quiet=True)
 

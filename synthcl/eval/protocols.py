@@ -31,7 +31,15 @@ from synthcl.data import ImageSource, load_dataset
 from synthcl.errors import ConfigError, DataError
 from synthcl.eval.probes import extract_features, knn_accuracy, label_subset_probe
 from synthcl.eval.results import CHECKPOINT, combine_fractions, update_result
-from synthcl.eval.run import FEATURES_OF, Init, load_run_backbone, run_device, run_features, weights_measured
+from synthcl.eval.run import (
+    FEATURES_OF,
+    Init,
+    check_init,
+    load_run_backbone,
+    run_device,
+    run_features,
+    weights_measured,
+)
 from synthcl.registry import DATASETS
 
 EFFICIENCY_FRACTIONS = (0.01, 0.1, 1.0)
@@ -130,6 +138,7 @@ def evaluate_efficiency(
         RunDirError, CheckpointError, DataError: as :func:`synthcl.eval.evaluate_run`.
     """
     fractions = check_fractions(fractions)
+    check_init(init)
     run_dir = Path(run_dir)
     start = time.perf_counter()
     f = run_features(run_dir, init, device=device, quiet=quiet)
@@ -226,6 +235,7 @@ def evaluate_transfer(
         :func:`evaluate_efficiency` adds to its file.
     """
     fractions = check_fractions(fractions)
+    check_init(init)
     DATASETS.get(dataset)  # an unknown name fails here, before any work, naming the closest one
     run_dir = Path(run_dir)
     backbone, info = load_run_backbone(run_dir, init)

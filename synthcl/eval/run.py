@@ -50,6 +50,12 @@ def _step(info: dict[str, Any], where: Path) -> int:
     return step
 
 
+def check_init(init: str) -> None:
+    """Refuse an ``init`` other than "trained", "random" or "pixels", naming them."""
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
 def load_run_backbone(run_dir: Path, init: str = "trained") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a run's backbone and load its weights (``init="random"``: same seed, no weights;
     ``init="pixels"``: no encoder at all, the standardised images flattened).
@@ -126,8 +132,7 @@ def evaluate_run(
         measured on the same weights stay in the file; those measured on other weights (the run trained
         further since) move to its ``superseded`` list (see :mod:`synthcl.eval.results`).
     """
-    if init not in INITS:
-        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    check_init(init)
     run_dir = Path(run_dir)
     start = time.perf_counter()
     f = run_features(run_dir, init, device=device, quiet=quiet)

@@ -353,10 +353,10 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
     g = recipe.generator
     options = portable_options(g.name, g.options) if g.name is not None else dict(g.options)
     if g.pretrained is not None:
-        if not Path(g.pretrained).exists():
-            raise CheckpointError(f"generator.pretrained: {g.pretrained} does not exist; train a generator there "
-                                  f"first (synthcl train GENERATOR_RECIPE --out {g.pretrained}, e.g. fashion-mnist-gan) "
-                                  "or set generator.pretrained=PATH")
+        if not Path(g.pretrained).exists():  # a relative path is read from the current folder
+            raise CheckpointError(f"generator.pretrained: {Path(g.pretrained).resolve()} does not exist; train a "
+                                  f"generator there first (synthcl train GENERATOR_RECIPE --out {g.pretrained}) or "
+                                  "set generator.pretrained=PATH")
         # generator.options override the saved options (e.g. a diffusion model's sampling steps).
         generator = Generator.from_pretrained(generator_folder(g.pretrained), **options)
         if g.name is not None and generator.registry_name() != g.name:

@@ -218,10 +218,8 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool, stop: StopReq
                     f"start again with: synthcl train ... --out {run_dir} --overwrite"
                 ) from None
             write_status(run_dir, "interrupted", 0)
-            raise RunInterrupted(
-                f"interrupted{stop.by()} while warming the generator up; continue with: synthcl train ... --out {run_dir} "
-                "--resume"
-            ) from None
+            what = f"interrupted{stop.by()} while warming the generator up"
+            raise RunInterrupted(f"{what}; continue with: synthcl train ... --out {run_dir} --resume", what=what) from None
         except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".
             if _kept_by_overwrite(run_dir) is None:

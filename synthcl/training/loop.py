@@ -146,6 +146,10 @@ def _learn(recipe: Recipe, build_recipe: Recipe, run_dir: Path, source: Any, ste
     # The session checks metrics.csv on the main process: its refusal, too, ends every process.
     session = agreed(accelerator, lambda: _session(recipe, run, run_dir, info, start_step, save, accelerator, quiet,
                                                    stop))
+    if accelerator.num_processes > 1:  # one attempt for all: a failure elsewhere, even before the main process's
+        from accelerate.utils import broadcast_object_list  # first run.json of it, is known as this run's
+
+        session.attempt = broadcast_object_list([session.attempt])[0]
     if main:  # after every check of the resumed run's files: a refused resume leaves recipe.yaml as it was
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
     learner_step = _learner_step(recipe, run, learner, unwrapped, optimizer, accelerator)

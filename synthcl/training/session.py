@@ -29,7 +29,15 @@ METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "t
 
 
 class RunInterrupted(SynthclError):
-    """Training was interrupted (Ctrl-C); a checkpoint of the last finished step was written."""
+    """Training was interrupted (Ctrl-C); a checkpoint of the last finished step was written.
+
+    ``what`` says what stopped and where, without the advice on how to continue, for a caller that continues
+    the run its own way (the quality benchmark runs its command again).
+    """
+
+    def __init__(self, message: str, *, what: str = "") -> None:
+        super().__init__(message)
+        self.what = what or message
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -202,7 +210,8 @@ class RunSession:
         self.loss_names, self.save, self.divergence = loss_names, save, divergence
         self.main, self.process, self.reduce, self.failure = main, process, reduce, failure
         self.last_good = start_step
-        # Tells this session's run.json writes from an earlier one's (a failure recorded before a resume).
+        # Tells this session's run.json writes from an earlier one's (a failure recorded before a resume); the
+        # caller gives every process of a distributed run the main process's.
         self.attempt = uuid.uuid4().hex[:12]
         self.metrics = MetricsLog(run_dir, start_step, enabled=main, columns=columns)
         self.bar = ProgressBar(run_steps, title, unit="img", rate_per_step=batch_size, enabled=main and not quiet,
@@ -247,9 +256,7 @@ class RunSession:
             current = read_json_object(self.run_dir / STATUS_FILE)
             if (current is None and not self.main) or (current or {}).get("status") == "failed":
                 return
-            # Another process keeps the main one's attempt, so the main one knows the failure is this run's.
-            attempt = self.attempt if self.main else (current or {}).get("attempt")
-            self.write_status("failed", self.last_good, every_process=True, error=error, attempt=attempt)
+            self.write_status("failed", self.last_good, every_process=True, error=error)
         except OSError:  # a full disk: the error on its way out says more than this one would
             pass
 
@@ -330,9 +337,8 @@ class RunSession:
             self.save(done)
             self.last_good = done
             self.write_status("interrupted", done)
-            raise RunInterrupted(
-                f"interrupted{self.stop.by()} after step {done}; continue with: synthcl train ... --out {self.run_dir} --resume"
-            )
+            what = f"interrupted{self.stop.by()} after step {done}"
+            raise RunInterrupted(f"{what}; continue with: synthcl train ... --out {self.run_dir} --resume", what=what)
 
     def _stop_agreed(self, done: int) -> bool:
         # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
