@@ -465,17 +465,28 @@ def above(rows: list[dict], metric: str, f: float, name: str, other: str, n: int
     if len(d) < 3:
         return f"too few seeds to call ({len(d)} paired)"
     mean, sd = statistics.mean(d), statistics.stdev(d)
-    listed = f"paired by seed {', '.join(f'{x:+.2f}' for x in d)}, sd {sd:.2f}"
     if mean > 2 * sd:
-        return f"met ({listed})"
-    return f"not met ({listed}" + (": within 2 sd, no effect)" if mean > 0 else ")")
+        return f"met ({by_seed_clause(d)})"
+    return f"not met ({by_seed_clause(d)}" + (": within 2 sd, no effect)" if mean > 0 else ")")
 
 
-def paired_differences(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[float, str]) -> list[float]:
-    """``row`` minus ``other`` ((fraction, label) each) at every seed both hold, in seed order."""
-    groups = by_seed(rows)
+def paired_differences(rows: list[dict] | dict, metric: str, row: tuple[float, str],
+                       other: tuple[float, str]) -> list[float]:
+    """``row`` minus ``other`` ((fraction, label) each) at every seed both hold, in seed order. ``rows``: the
+    rows, or what :func:`by_seed` made of them."""
+    groups = rows if isinstance(rows, dict) else by_seed(rows)
     mine, theirs = groups.get(row, {}), groups.get(other, {})
     return [mine[s][metric] - theirs[s][metric] for s in sorted(set(mine) & set(theirs))]
+
+
+def signed(d: list[float]) -> str:
+    """``+1.96, +1.03, +2.19``: paired differences as the reports list them."""
+    return ", ".join(f"{x:+.2f}" for x in d)
+
+
+def by_seed_clause(d: list[float]) -> str:
+    """``paired by seed +1.96, +1.03, +2.19, sd 0.62``: the differences behind a verdict (two or more)."""
+    return f"paired by seed {signed(d)}, sd {statistics.stdev(d):.2f}"
 
 
 def spread(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[float, str]) -> str:
@@ -487,7 +498,7 @@ def spread(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[f
         return ""
     mean, sd = statistics.mean(d), statistics.stdev(d)
     where = "beyond 2 sd" if abs(mean) > 2 * sd else "within 2 sd: neither side shown better"
-    return f" (paired by seed {', '.join(f'{x:+.2f}' for x in d)}, sd {sd:.2f}: {where})"
+    return f" ({by_seed_clause(d)}: {where})"
 
 
 def targets(rows: list[dict], metric: str) -> list[str]:
@@ -598,17 +609,15 @@ def paired(rows: list[dict], metric: str) -> list[str]:
     augmentations, so the spread that every mode shares cancels."""
     groups, prec = by_seed(rows), numerics(rows)
     lines = []
-    for (f, name), group in sorted(groups.items()):
+    for f, name in sorted(groups):
         # Against plain SimCLR (and its twin `none [v]` where plain was trained with the same change, e.g. the
         # same step count); a variant ([knobs]) also against its mode without them (the knobs' own effect).
         variant = " [" in name and not name.startswith("none")
         bases = plain_twin(name, groups) + ([without_knobs(name, groups)] if variant else [])
         for base in bases:
-            other = groups.get((f, base), {})
-            seeds = sorted(set(group) & set(other))
-            if name == base or name == "none" or not seeds or prec[(f, name)] != prec[(f, base)]:
+            d = paired_differences(groups, metric, (f, name), (f, base))
+            if name == base or name == "none" or not d or prec[(f, name)] != prec[(f, base)]:
                 continue
-            d = [group[s][metric] - other[s][metric] for s in seeds]
             sd = statistics.stdev(d) if len(d) > 1 else 0.0
             mean = statistics.mean(d)
             beyond = len(d) > 1 and mean > 2 * sd
@@ -618,8 +627,7 @@ def paired(rows: list[dict], metric: str) -> list[str]:
             # A standard deviation of two differences says little about the spread: three seeds before a call.
             if len(d) < 3:
                 verdict = "one seed" if len(d) == 1 else f"{len(d)} seeds: too few to call"
-            lines.append(f"| {f} | {name} - {base} | {mean:+.2f} ± {sd:.2f} | {', '.join(f'{x:+.2f}' for x in d)} | "
-                         f"{verdict} |")
+            lines.append(f"| {f} | {name} - {base} | {mean:+.2f} ± {sd:.2f} | {signed(d)} | {verdict} |")
     return lines
 
 
