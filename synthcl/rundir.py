@@ -11,6 +11,7 @@ import contextlib
 import csv
 import fnmatch
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,14 @@ RUN_PATTERNS = ("eval*.json", "eval*.png")
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
 
 
+
+
+def train_command(run_dir: Path | str, flag: str = "", recipe: Path | str = "...") -> str:
+    """``synthcl train RECIPE --out RUN FLAG``, the command a message tells the user to run, with its paths
+    quoted for a POSIX shell so that it can be pasted as it is (``...``: the recipe the run was started with)."""
+    words = ["synthcl", "train", recipe if recipe == "..." else shlex.quote(str(recipe)),
+             "--out", shlex.quote(str(run_dir))]
+    return " ".join(words + ([flag] if flag else []))
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds a run to read (evaluate, resume, report): a recipe and a status file."""
@@ -174,8 +183,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: b
         problem = run_dir_problem(run_dir)
         if problem is not None:
             raise RunDirError(f"cannot resume: {problem}")
-        _refuse_another_recipe(run_dir, recipe, "resume with the run's own recipe: synthcl train "
-                               f"{run_dir / 'recipe.yaml'} --out {run_dir} --resume")
+        _refuse_another_recipe(run_dir, recipe, "resume with the run's own recipe: "
+                               + train_command(run_dir, "--resume", recipe=run_dir / "recipe.yaml"))
         acquire_lock(run_dir)
         return recipe
     if run_dir.exists() and not run_dir.is_dir():

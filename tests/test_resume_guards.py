@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import pytest
 from conftest import merge
@@ -218,12 +219,12 @@ def test_resume_refuses_a_metrics_file_with_columns_the_run_does_not_write(
 def test_resuming_with_another_recipe_names_the_command_that_resumes(tmp_path, one_thread, tiny_recipe_file,
                                                                      monkeypatch, capsys):
     recipe = tiny_recipe_file(train={"max_steps": 2})
-    run = tmp_path / "run"
+    run = tmp_path / "my runs" / "run 1"  # the advice is pasted into a shell: its paths are quoted
     assert run_cli(monkeypatch, capsys, "train", str(recipe), "optim.lr=0.0123", "--out", str(run), "-q")[0] == 0
     code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(run), "--resume", "-q")
-    advice = f"synthcl train {run / 'recipe.yaml'} --out {run} --resume"
+    advice = f"synthcl train {shlex.quote(str(run / 'recipe.yaml'))} --out {shlex.quote(str(run))} --resume"
     assert_one_line_error(code, err, f"(changed: optim.lr); resume with the run's own recipe: {advice}")
-    assert run_cli(monkeypatch, capsys, *advice.split()[1:], "-q")[0] == 0  # the advice works
+    assert run_cli(monkeypatch, capsys, *shlex.split(advice)[1:], "-q")[0] == 0  # the advice works
 
 
 def test_a_run_whose_recipe_names_a_component_not_registered_says_to_pass_its_file(tmp_path, one_thread, plain_run,

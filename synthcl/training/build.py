@@ -20,6 +20,7 @@ from synthcl.errors import CheckpointError, ConfigError, DataError, RegistryErro
 from synthcl.interfaces import ContrastiveLearner, Generator
 from synthcl.nn.backbones import build_backbone
 from synthcl.registry import GENERATORS, LEARNERS
+from synthcl.rundir import train_command
 from synthcl.synthesis.engine import Synthesizer
 from synthcl.training.generator_check import check_generator
 
@@ -355,7 +356,7 @@ def build_generator(recipe: Recipe, source: ImageSource, device: torch.device | 
     if g.pretrained is not None:
         if not Path(g.pretrained).exists():  # a relative path is read from the current folder
             raise CheckpointError(f"generator.pretrained: {Path(g.pretrained).resolve()} does not exist; train a "
-                                  f"generator there first (synthcl train GENERATOR_RECIPE --out {g.pretrained}) or "
+                                  f"generator there first ({train_command(g.pretrained, recipe='GENERATOR_RECIPE')}) or "
                                   "set generator.pretrained=PATH")
         # generator.options override the saved options (e.g. a diffusion model's sampling steps).
         generator = Generator.from_pretrained(generator_folder(g.pretrained), **options)

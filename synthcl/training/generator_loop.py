@@ -28,6 +28,7 @@ from synthcl.rundir import (
     prepare_run_dir,
     release_lock,
     resumable_checkpoint,
+    train_command,
     write_status,
 )
 from synthcl.training.build import EXPORT, build_generator, load_train_source, make_accelerator
@@ -215,11 +216,11 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool, stop: StopReq
             if kept is not None:
                 raise RunInterrupted(
                     f"interrupted{stop.by()} while warming the generator up, before the new run's first checkpoint; {kept}; "
-                    f"start again with: synthcl train ... --out {run_dir} --overwrite"
+                    f"start again with: {train_command(run_dir, '--overwrite')}"
                 ) from None
             write_status(run_dir, "interrupted", 0)
             what = f"interrupted{stop.by()} while warming the generator up"
-            raise RunInterrupted(f"{what}; continue with: synthcl train ... --out {run_dir} --resume", what=what) from None
+            raise RunInterrupted(f"{what}; continue with: {train_command(run_dir, '--resume')}", what=what) from None
         except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".
             if _kept_by_overwrite(run_dir) is None:
