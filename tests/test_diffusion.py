@@ -517,6 +517,25 @@ def test_generator_pretraining_runs_and_resumes_exactly(tmp_path, tiny_recipe, m
     assert (tmp_path / "p.png").is_file()
 
 
+@pytest.mark.parametrize("generator", ["gan", "diffusion"])
+def test_pretraining_progress_shows_a_critic_loss_only_where_there_is_a_critic(generator, tmp_path, tiny_recipe,
+                                                                              monkeypatch):
+    """The diffusion model has no critic: its progress bar shows g_loss alone, not a d_loss that is always 0."""
+    from synthcl.progress import ProgressBar
+
+    shown: list[set[str]] = []
+    real_update = ProgressBar.update
+    monkeypatch.setattr(ProgressBar, "update",
+                        lambda self, completed, **fields: (shown.append(set(fields)), real_update(self, completed, **fields)))
+    options = TINY_DIFFUSION if generator == "diffusion" else {"name": "gan", "options": {"preset": "tiny"}}
+    recipe = tiny_recipe(stage="generator", data={"image_size": 28}, generator={**options, "sample_every": 2, "samples": 4},
+                         train={"batch_size": 16, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})
+    train(recipe, out=tmp_path / "run", quiet=False)
+    fields = set().union(*shown)
+    assert "g_loss" in fields
+    assert ("d_loss" in fields) == (generator == "gan")
+
+
 def test_unsupported_image_size_is_one_line(monkeypatch, capsys, tmp_path, tiny_recipe_file):
     recipe = tiny_recipe_file(stage="generator", generator=TINY_DIFFUSION)
     code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "data.image_size=18",
