@@ -63,7 +63,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
-	$(PY) -m ruff check synthcl generators tests benchmarks
+	$(PY) -m ruff check synthcl generators tests benchmarks docs/snippets
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache

@@ -12,10 +12,10 @@ from itertools import pairwise
 import pytest
 import torch
 from safetensors.torch import load_file
-from synthcl.generators.diffusion import PRESETS, Diffusion, make_betas, trailing_timesteps
 from test_cli import assert_one_line_error, run_cli
 
 from synthcl.errors import ConfigError
+from synthcl.generators.diffusion import PRESETS, Diffusion, make_betas, trailing_timesteps
 from synthcl.interfaces import Generator
 from synthcl.registry import GENERATORS
 from synthcl.synthesis.similarity import ssim

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from synthcl.generators.gan import GAN, PRESETS, SUPPORTED_SIZES, diff_augment
 from torch.nn.utils import parametrize
 
 from synthcl.errors import ConfigError
+from synthcl.generators.gan import GAN, PRESETS, SUPPORTED_SIZES, diff_augment
 from synthcl.interfaces import Generator
 from synthcl.registry import GENERATORS
 

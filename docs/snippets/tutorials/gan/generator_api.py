@@ -1,7 +1,7 @@
 import torch
 
-from synthcl.generators.gan import GAN
 from synthcl import Generator
+from synthcl.generators.gan import GAN
 
 gan = GAN(image_size=28, channels=1, preset="cpu")
 z = gan.sample_latents(8, generator=torch.Generator().manual_seed(0))
