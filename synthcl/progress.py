@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from types import TracebackType
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
+from rich.text import Text
+
+
+class _TwoLines(Progress):
+    """The bar, counts and times on one line and the fields (losses) on the next, so that neither is cut
+    short in an 80-column terminal: a long recipe name gives way first (ellipsis), then the bar."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("info"):
+                yield Text("  " + task.fields["info"], no_wrap=True, overflow="ellipsis")
 
 
 class ProgressBar:
-    """A context manager showing ``done/total``, a rate in ``unit``/s, elapsed time, ETA and fields.
+    """A context manager showing ``done/total``, a rate in ``unit``/s, elapsed time and ETA on one line, and
+    fields (losses) on the next.
 
     Args:
         total: number of steps.
@@ -18,26 +33,30 @@ class ProgressBar:
         unit: what ``rate_per_step`` counts (e.g. "img").
         rate_per_step: units processed per step (e.g. the global batch size).
         enabled: False shows nothing (``--quiet``, or a non-main process).
+        console: where to draw (default: standard error at the terminal's width).
     """
 
     def __init__(self, total: int, description: str, *, unit: str = "it", rate_per_step: float = 1.0,
-                 enabled: bool = True, completed: int = 0) -> None:
+                 enabled: bool = True, completed: int = 0, console: Console | None = None) -> None:
         self.total, self.unit, self.rate_per_step = total, unit, rate_per_step
         self.enabled = enabled
         self._start_completed = completed
         self._start_time = time.perf_counter()
         self._progress: Progress | None = None
         if enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=Console(stderr=True),
+            console = console or Console(stderr=True)
+            # Counts, rate and times are never cut: the name takes what they and a short bar leave.
+            name_width = max(8, min(len(description), console.width - 58))
+            self._progress = _TwoLines(
+                TextColumn("[bold]{task.description}",
+                           table_column=Column(width=name_width, no_wrap=True, overflow="ellipsis")),
+                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=6)),
+                MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                TextColumn("{task.fields[rate]}", table_column=Column(no_wrap=True)),
+                TimeElapsedColumn(table_column=Column(no_wrap=True)),
+                TextColumn("eta", table_column=Column(no_wrap=True)),
+                TimeRemainingColumn(table_column=Column(no_wrap=True)),
+                console=console,
                 transient=False,
             )
             self._task = self._progress.add_task(description, total=total, completed=completed, rate="", info="")
