@@ -81,6 +81,13 @@ def test_efficiency_and_transfer_fractions_add_up(monkeypatch, capsys, plain_run
     assert [r["label_fraction"] for r in transfer["results"]] == [0.5, 1.0] and "knn_top1" in transfer
     text = _report(monkeypatch, capsys, run)
     assert "| 25% |" in text and "| 50% |" in text and "| 100% |" in text
+    # Not quiet: each probe is announced as it starts, and its figure printed once, in the summary.
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(run), "--protocol", "transfer", "--dataset", "shapes",
+                             "--label-fractions", "0.25")
+    assert code == 0, err
+    assert "linear probe on 25% of the labels ..." in out
+    figure = f"{_json(run / 'eval-transfer-shapes.json')['results'][0]['linear_top1']:.2f}%"
+    assert out.count(figure) == 1, out
 
 
 def test_results_of_weights_trained_further_are_set_aside(monkeypatch, capsys, tmp_path):

@@ -91,12 +91,13 @@ def _probe_fractions(
     x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, fractions: list[float], eval_cfg: Any,
     seed: int, quiet: bool,
 ) -> list[dict[str, Any]]:
-    """A linear probe per label fraction, each with as many classifier steps as the full-set probe."""
+    """A linear probe per label fraction, each with as many classifier steps as the full-set probe. Each is
+    announced as it starts (the caller prints the figures, once, when all are done)."""
     results = []
     for fraction in fractions:
-        r = label_subset_probe(x_train, y_train, x_test, y_test, fraction, seed, eval_cfg)
         if not quiet:
-            print(f"  {100 * fraction:g}% labels ({r['train_images']} images): linear probe top-1 {r['linear_top1']:.2f}%")
+            print(f"  linear probe on {100 * fraction:g}% of the labels ...")
+        r = label_subset_probe(x_train, y_train, x_test, y_test, fraction, seed, eval_cfg)
         results.append({"label_fraction": fraction, **r})
     return results
 
