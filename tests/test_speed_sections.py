@@ -4,6 +4,7 @@ its report (the timings themselves are not asserted)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -166,3 +167,24 @@ def test_s2_divides_each_row_by_its_adjacent_plain_step(s2_built):
     assert rows["joint gan, scarce"]["ratio"] == pytest.approx(3.0 / (2.0 * 2.0))
     assert rows["joint gan"]["ratio"] == pytest.approx(3.0 / 2.0)
     assert rows["none"]["ratio"] == rows["none, scarce"]["ratio"] == 1.0
+
+
+def test_a_saved_run_is_rendered_again_with_the_current_targets_and_the_same_figures(speed, tmp_path, monkeypatch):
+    """`--render-from`: a report saved under an older, looser target (diffusion <= 2.5x) is judged again by the
+    current one (<= 2.0x), from its own measurements; nothing is timed."""
+    row = {"name": "joint diffusion", "median_ms": 653.3, "ratio": 2.47, "rounds": 2, "reference": "none",
+           "target": 2.5, "split_ms": {"augment": 0.0055, "synthesize": 0.1919, "learner": 0.3836, "generator": 0.0704}}
+    s2 = {"rows": [row], "notes": [], "steps": 4, "warmup_steps": 0}
+    payload = {"command": "python benchmarks/speed.py --only S2 --rounds 2 --diffusion-rounds 2",
+               "machine": {"date": "2026-11-30 10:00 UTC", "cpu": "some CPU"}, "rounds": 2, "steps": 4, "warmup": 1,
+               "quick": False, "durations_s": {"S2": 100.0}, "results": {"S2": s2}}
+    saved = tmp_path / "speed-x.json"
+    saved.write_text(json.dumps(payload))
+    monkeypatch.setattr(speed, "section_s2", lambda *a: pytest.fail("--render-from timed something"))
+    monkeypatch.setattr("sys.argv", ["speed.py", "--render-from", str(saved)])
+    speed.main()
+    text = (tmp_path / "speed-x.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| joint diffusion |"))
+    assert "653.3" in line and "2.47x" in line and line.endswith("| <= 2.0x: NOT met |")
+    assert "- Command: `python benchmarks/speed.py --only S2 --rounds 2 --diffusion-rounds 2`" in text
+    assert "- Date: 2026-11-30 10:00 UTC" in text and "Report written again on" in text
