@@ -281,6 +281,29 @@ def test_static_pairs_uses_frozen_pairs(tiny_recipe, tmp_path):
     assert any(r["pair_ssim"] not in ("", "nan") for r in rows)  # pairs were made and measured
 
 
+@pytest.mark.parametrize(("mode", "per_latent"), [("none", 0), ("static", 2), ("static-pairs", 4), ("hard-samples", 2),
+                                               ("hard-pairs", 4), ("joint", 4)])
+def test_each_mode_puts_its_synthetic_views_in_the_learners_batch(mode, per_latent, tiny_recipe, tmp_path, monkeypatch):
+    """After the warm-up step every mode's learner step sees the 16 real images' 2 views each, plus, for the
+    generator modes, ratio x 16 = 8 synthetic instances with 2 views (samples) or 2 x 2 (a pair's two members)
+    under their own group ids; `none` sees the real views alone."""
+    from synthcl.learners import SimCLR
+
+    seen = []
+    loss = SimCLR.loss
+    monkeypatch.setattr(SimCLR, "loss", lambda self, v, g, w=None: seen.append((v.shape[0], g.clone())) or loss(self, v, g, w))
+    generator = {"pretrained": str(make_pretrained("gan", tmp_path / "gan"))} if mode.startswith("static") else {}
+    recipe = tiny_recipe(**joint(generator=generator, synthesis={"mode": mode}))
+    train(recipe, out=tmp_path / "run", quiet=True)
+    batch = 16 * 2 + 8 * per_latent
+    learner_calls = [groups for views, groups in seen if views == batch]
+    assert learner_calls, sorted({views for views, _ in seen})
+    assert len(learner_calls) >= 3  # the steps after the first (synthesis.warmup_steps=1)
+    if per_latent:
+        extra = learner_calls[-1][32:]
+        assert int(extra.min()) == 16 and sorted(torch.bincount(extra - 16).tolist()) == [per_latent] * 8
+
+
 # --- 5. the monitor's cadence ---------------------------------------------------------------------------
 
 
