@@ -213,10 +213,19 @@ def test_synthetic_weight_and_augment_reach_the_learner_step(tiny_recipe, tmp_pa
         return loss(self, views, groups, weights)
 
     monkeypatch.setattr(SimCLR, "loss", weighted)
+    from synthcl.augment import ViewAugment
+
+    augmented = []  # (the augmentation's crop_scale, jitter_p, images) of every call
+    views = ViewAugment.views
+    monkeypatch.setattr(ViewAugment, "views", lambda self, images, n, rng=None: augmented.append(
+        (self.crop_scale, self.jitter_p, images.shape[0])) or views(self, images, n, rng))
     recipe = tiny_recipe(**joint(synthesis={"synthetic_weight": 0.25,
                                              "augment": {"crop_scale": [0.6, 1.0], "jitter_p": 0.0}}))
     train(recipe, out=tmp_path / "run", quiet=True)
     assert calls and all(c[0] == 0.25 and c[1] for c in calls)
+    # The 8 synthetic instances of each step go through the weaker augmentation, the 16 real images never do.
+    assert {a[2] for a in augmented if a[:2] == ((0.6, 1.0), 0.0)} == {8}
+    assert {a[2] for a in augmented if a[:2] != ((0.6, 1.0), 0.0)} == {16}
     active = [w for w in seen_weights if w is not None and w.shape[0] > 32]  # after synthesis.warmup_steps
     assert active
     w = active[0]
