@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -335,10 +336,22 @@ def test_a_refusal_on_the_main_process_ends_every_process_with_its_line(tmp_path
     assert len(lines) == 2 and lines[0] == lines[1] and str(out) in lines[0], result.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path, tiny_recipe):
-    run = train(tiny_recipe(train={"precision": "bf16"}), out=tmp_path / "run", quiet=True)
+@pytest.mark.parametrize("stage", ["learner", "generator"])
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_train_precision_is_the_precision_the_convolutions_run_in(tmp_path, tiny_recipe, monkeypatch, stage, precision):
+    """`train.precision: bf16` runs the forward passes under bf16 autocast (learner runs and generator
+    pretraining alike); `no` keeps them in fp32."""
+    dtypes = set()
+    forward = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: (out := forward(self, x), dtypes.add(out.dtype))[0])
+    sections = {"train": {"precision": precision}}
+    if stage == "generator":
+        sections = {"stage": "generator", "data": {"image_size": 28}, "train": {"precision": precision, "max_steps": 2},
+                    "generator": {"name": "gan", "options": {"preset": "tiny"}, "sample_every": 2, "samples": 4}}
+    run = train(tiny_recipe(**sections), out=tmp_path / "run", quiet=True)
+    assert dtypes == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert all(0 < float(r["loss"]) < 100 for r in rows)
+    assert rows and all(math.isfinite(float(v)) for r in rows for k, v in r.items() if k.endswith("loss") and v)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's pre-emption or time limit
