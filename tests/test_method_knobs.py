@@ -350,6 +350,32 @@ def test_every_knob_resumes_exactly(tiny_recipe, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_a_steering_run_stopped_between_two_measurements_resumes_exactly(tiny_recipe, tmp_path):
+    """The state the generator's step carries between its measurements (every control_every=2 steps: the
+    gradient balance, the controller's hardness, the monitor's back-offs of lambda_hard) survives a stop after
+    step 3, between the measurements of steps 2 and 4 (the first after the warm-up step): the resumed run's
+    checkpoint, its logged schedules and its synthesis state equal an uninterrupted run's."""
+    synthesis = {"hardness_control": "target", "control_every": 2, "monitor": "steer", "min_pair_similarity": 1.0,
+                 "lambda_hard_mode": "balanced", "hard_real_negatives": True}
+    steps = {"max_steps": 6, "log_every": 1, "checkpoint_every": 2}
+    full = train(tiny_recipe(**joint(synthesis=synthesis, train=steps)), out=tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(tiny_recipe(**joint(synthesis=synthesis, train={**steps, "max_steps": 3})), out=part, quiet=True)
+    stopped = torch.load(part / "checkpoints/last/state.pt", weights_only=True)["synthesis"]
+    assert stopped["backoffs"] > 0 and stopped["balance"] is not None  # state to carry over the stop
+    train(tiny_recipe(**joint(synthesis=synthesis, train=steps)), out=part, resume=True, quiet=True)
+    for name in ("weights", "generator"):
+        a = load_file(str(full / f"checkpoints/last/{name}.safetensors"))
+        b = load_file(str(part / f"checkpoints/last/{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    state = [torch.load(run / "checkpoints/last/state.pt", weights_only=True)["synthesis"] for run in (full, part)]
+    scalars = ("lambda_scale", "backoffs", "hardness", "balance")
+    assert [state[0][k] for k in scalars] == [state[1][k] for k in scalars]
+    rows = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (full, part)]
+    logged = ("lambda_hard", "hard_weight", "hardness", "backoffs")
+    assert [[r[k] for k in logged] for r in rows[0]] == [[r[k] for k in logged] for r in rows[1]]
+
+
 def test_synthesis_augment_inherits_the_real_views_augmentation(tiny_recipe):
     recipe = tiny_recipe(**joint(synthesis={"augment": {"jitter_p": 0.4}}))
     assert recipe.synthesis.augment.jitter_p == 0.4
