@@ -138,13 +138,19 @@ def test_without_the_knob_the_hard_term_sees_synthetic_views_only():
 
 
 def test_gradient_ratio_is_logged_and_balanced_mode_holds_it_at_lambda_hard():
-    _, _, synth, augment, frozen_loss = _setup("hard-samples", lambda_hard=0.3, lambda_hard_mode="balanced")
+    _, gen, synth, augment, frozen_loss = _setup("hard-samples", lambda_hard=0.3, lambda_hard_mode="balanced")
+    realism_terms = []
+    realism_loss = gen.realism_loss
+    gen.realism_loss = lambda fake, real: (term := realism_loss(fake, real), realism_terms.append(term.detach()))[0]
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     synth.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
     synth.update_generator(0, real, frozen_loss)
     assert synth.last["grad_ratio"] == pytest.approx(0.3, rel=1e-4)
     assert synth.last["hard_weight"] == pytest.approx(0.3 * synth.balance)
     assert synth.balance == pytest.approx(synth.last["realism_grad"] / synth.last["hard_grad"])
+    # ... and that weight is the one the generator's loss was built with: lambda_real * realism - weight * hard.
+    assert float(synth.last["generator_loss"]) == pytest.approx(
+        float(realism_terms[-1]) - float(synth.last["hard_weight"]) * float(synth.last["hard_loss"]), rel=1e-5)
 
     _, _, raw, augment, frozen_loss = _setup("hard-samples", lambda_hard=0.3)
     raw.synthesize(0, 8, 100, augment, torch.Generator().manual_seed(0))
