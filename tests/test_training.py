@@ -412,12 +412,29 @@ def test_resume_refuses_when_progress_was_recorded_but_no_checkpoint_is_left(tmp
 
 
 def test_eval_uses_the_newest_weights_after_a_run_is_extended(tmp_path, tiny_recipe):
+    import shutil
+
     from synthcl.eval.run import load_run_backbone
 
     run = train(tiny_recipe(train={"max_steps": 2}), out=tmp_path / "run", quiet=True)
+    old_export = tmp_path / "export-2"
+    old_export.mkdir()
+    for name in ("backbone.json", "backbone.safetensors"):
+        shutil.copy(run / name, old_export / name)
     train(tiny_recipe(train={"max_steps": 4}), out=run, resume=True, quiet=True)
-    _, info = load_run_backbone(run)
+    backbone, info = load_run_backbone(run)
     assert info["step"] == 4
+    # A run resumed past its export and stopped before exporting again: its step-2 export beside a step-4
+    # checkpoint. The checkpoint's weights are the ones measured.
+    for name in ("backbone.json", "backbone.safetensors"):
+        shutil.copy(old_export / name, run / name)
+    backbone, info = load_run_backbone(run)
+    checkpoint = load_file(str(run / "checkpoints/last/weights.safetensors"))
+    weights = {k: v for k, v in backbone.state_dict().items() if v.is_floating_point()}
+    assert info["step"] == 4 and weights
+    assert all(torch.equal(v, checkpoint[f"backbone.{k}"]) for k, v in weights.items())
+    stale = load_file(str(old_export / "backbone.safetensors"))
+    assert any(not torch.equal(v, stale[k]) for k, v in weights.items())  # the export would have differed
 
 
 def test_resume_restores_the_fp16_loss_scale(tmp_path, tiny_recipe, monkeypatch):
