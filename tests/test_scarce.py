@@ -193,6 +193,45 @@ def test_interrupted_warm_up_resumes_with_the_learner_run(tmp_path, one_thread, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_warm_up_stopped_after_its_first_checkpoint_continues_from_it(tmp_path, one_thread, monkeypatch):
+    """SIGTERM during the warm-up's second step (of 3; a checkpoint every 2): the warm-up stops at its step-2
+    checkpoint, the resumed run continues the warm-up from there (train_generator called with resume=True,
+    no step trained twice) and ends with the weights of a run never stopped."""
+    import os
+    import signal
+
+    from synthcl.training import generator_loop
+    from synthcl.training.session import RunInterrupted
+    from synthcl.training.step import GeneratorStep
+
+    recipe = load_recipe("fashion-mnist-scarce-joint", gan_shrink())
+    reference = train(recipe, out=tmp_path / "reference", quiet=True)
+    original_train, original_step = generator_loop.train_generator, GeneratorStep.__call__
+    resumes, warm_up_steps = [], []
+
+    def recorded(*args, **kwargs):
+        resumes.append(kwargs["resume"])
+        return original_train(*args, **kwargs)
+
+    def step(self, index, real):
+        warm_up_steps.append(index)
+        if len(resumes) == 1 and index == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, index, real)
+
+    monkeypatch.setattr(generator_loop, "train_generator", recorded)
+    monkeypatch.setattr(GeneratorStep, "__call__", step)
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=r"warming the generator up; continue with: .* --resume"):
+        train(recipe, out=run, quiet=True)
+    assert json.loads((run / PRETRAIN_DIR / "run.json").read_text())["step"] == 2
+    train(recipe, out=run, resume=True, quiet=True)
+    assert resumes == [False, True] and warm_up_steps == [0, 1, 2]
+    a = load_file(str(reference / "backbone.safetensors"))
+    b = load_file(str(run / "backbone.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigterm_while_the_warm_up_exports_its_generator_stops_the_run(tmp_path, one_thread, monkeypatch):
     """A scheduler's SIGTERM after the warm-up's last step (while it writes its generator) is not lost between
     the warm-up and the learner: the run stops before its first learner step, and --resume reuses the
