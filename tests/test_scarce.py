@@ -112,7 +112,18 @@ def test_eval_cli_pixels_and_few_label(tmp_path, one_thread, tiny_recipe, monkey
 # -- the generator's warm-up inside a learner run -----------------------------------------------------
 
 
-def test_self_contained_joint_recipe_warms_its_generator_up_then_trains_jointly(tmp_path, one_thread):
+def test_self_contained_joint_recipe_warms_its_generator_up_then_trains_jointly(tmp_path, one_thread, monkeypatch):
+    from synthcl.synthesis.engine import Synthesizer
+
+    at_first_step = {}
+    synthesize = Synthesizer.synthesize
+
+    def first(self, *args, **kwargs):
+        if not at_first_step:
+            at_first_step.update({k: v.detach().clone() for k, v in self.generator.state_dict().items()})
+        return synthesize(self, *args, **kwargs)
+
+    monkeypatch.setattr(Synthesizer, "synthesize", first)
     run = train("fashion-mnist-scarce-joint", out=tmp_path / "run", quiet=True, overrides=gan_shrink())
     warm = run / PRETRAIN_DIR
     assert json.loads((warm / "run.json").read_text())["status"] == "completed"
@@ -124,6 +135,9 @@ def test_self_contained_joint_recipe_warms_its_generator_up_then_trains_jointly(
     final = load_file(str(run / "checkpoints" / "last" / "generator.safetensors"))
     key = next(k for k in warmed if k.startswith("generator.") or "weight" in k)
     assert key in final and warmed[key].shape == final[key].shape and not torch.equal(warmed[key], final[key])
+    # ... and its first joint step saw exactly the warmed-up weights (a fresh initialisation would differ).
+    assert at_first_step.keys() >= warmed.keys()
+    assert all(torch.equal(at_first_step[k], warmed[k]) for k in warmed)
     # The recipe on disk still says pretrain_steps (not a path), so --resume compares like with like.
     assert load_recipe(run / "recipe.yaml").generator.pretrained is None
 
