@@ -439,8 +439,13 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_finite(node: Any, prefix: str = "") -> None:
-    """No NaN or infinity anywhere in the recipe (they pass every range check and fail later)."""
+    """No NaN or infinity anywhere in the recipe (they pass every range check and fail later), and no number
+    beyond float32's range: every setting ends up in float32 arithmetic (an optimizer's weight decay, a
+    schedule's epochs times steps), where 1e40 is an overflow."""
     for f in dataclasses.fields(node):
         value, key = getattr(node, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -448,6 +453,8 @@ def _check_finite(node: Any, prefix: str = "") -> None:
         values = value if isinstance(value, list) else [value]
         for v in values:
             _check(not (isinstance(v, float) and not math.isfinite(v)), f"{key} must be a finite number, got {value}")
+            _check(not (isinstance(v, float) and abs(v) > FLOAT32_MAX),
+                   f"{key} must lie within float32's range (|x| <= 3.4e38), got {value}")
 
 
 def _check_augment(a: AugmentConfig, prefix: str) -> None:
@@ -506,7 +513,8 @@ def validate(recipe: Recipe) -> None:
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
            f"optim.betas must be [beta1, beta2], each in [0, 1), got {o.betas}")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
-    _check(o.min_lr >= 0, f"optim.min_lr must be >= 0, got {o.min_lr}")
+    _check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (the cosine decays from lr to it), "
+                                   f"got {o.min_lr} with lr {o.lr}")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
     _check(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0, got {o.grad_clip}")

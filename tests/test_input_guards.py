@@ -64,6 +64,23 @@ def test_integers_beyond_64_bits_are_refused_when_the_recipe_is_read(override, f
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("override, fragment", [
+    # Found by drawing override values and training each for a step: each was a traceback (exit 1) before.
+    ("train.epochs=1e308", "train.epochs must lie within float32's range"),
+    ("optim.warmup_epochs=1e308", "optim.warmup_epochs must lie within float32's range"),
+    ("optim.weight_decay=" + "9" * 40, "optim.weight_decay must lie within float32's range"),
+    # Accepted before: a cosine "decay" up to a minimum above the learning rate.
+    ("optim.min_lr=1180591620717411303424", "optim.min_lr must be in [0, optim.lr]"),
+])
+def test_values_that_overflow_float32_or_invert_the_schedule_are_one_line(tmp_path, one_thread, tiny_recipe_file,
+                                                                           override, fragment, monkeypatch, capsys):
+    out = tmp_path / "r"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_recipe_file()), override, "train.max_steps=1",
+                           "--out", str(out), "-q")
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists()  # refused before the run folder was made
+
+
 @pytest.mark.parametrize("override", [f"model.width={2**62}", f"data.image_size={2**62}"])
 def test_a_size_whose_bytes_overflow_is_the_out_of_memory_line(tmp_path, one_thread, tiny_recipe_file, override,
                                                                 monkeypatch, capsys):
