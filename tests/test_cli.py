@@ -266,3 +266,29 @@ def test_auto_resume_refuses_another_recipe_a_diverged_run_and_other_flags(monke
 
     (trained_run / "run.json").write_text(json.dumps(status | {"status": "failed", "step": 2, "error": "OSError: x"}))
     assert auto_resume_plan(trained_run, load_recipe(recipe)) == "resume"
+
+
+@pytest.mark.parametrize("args, fragment, see", [
+    (["eval", "RUN", "--init", "nope"], "invalid value for '--init': 'nope' is not one of 'trained', 'random', 'pixels'",
+     "eval --help"),
+    (["generate", "RUN", "--quiet"], "no such option: --quiet", "generate --help"),
+    (["eval"], "missing argument 'run_dir'", "eval --help"),
+    (["recipes", "show"], "missing argument 'name'", "recipes show --help"),
+    (["trian"], "no such command 'trian'", "synthcl --help"),
+    (["eval", "RUN", "--label-fractions"], "option '--label-fractions' requires an argument", None),
+])
+def test_usage_errors_are_one_line_too(args, fragment, see, monkeypatch, capsys, tmp_path):
+    """A mistyped command line gets the same one-line error as a bad recipe (with the help to read), not the
+    framework's box."""
+    args = [str(tmp_path) if a == "RUN" else a for a in args]
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, fragment)
+    assert see is None or err.rstrip().endswith(f"{see})"), err  # "(see PROGRAM ... --help)"
+    assert out == ""
+
+
+def test_help_and_a_commands_own_refusal_keep_their_exit_status(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", "--help")
+    assert code == 0 and "Usage:" in out and "--protocol" in out
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path), "--protocol", "transfer")
+    assert_one_line_error(code, err, "--protocol transfer needs --dataset NAME")

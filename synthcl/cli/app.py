@@ -328,7 +328,21 @@ def recipes_show(name: Annotated[str, typer.Argument(help="A bundled recipe name
 def main() -> None:
     """Entry point of the `synthcl` console script."""
     try:
-        app()
+        # Not standalone: a usage error (an unknown option, a bad choice, a missing argument) comes here and is
+        # said in one line like every other error, instead of the framework's box of several.
+        status = app(standalone_mode=False)
+        if isinstance(status, int) and status != 0:  # typer.Exit(code): _fail's refusals
+            sys.exit(status)
+    except typer.TyperException as err:  # the command line's own usage errors
+        ctx = getattr(err, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join((err.format_message() if hasattr(err, "format_message") else str(err)).split())
+        message = message.replace("Value error, ", "").rstrip(".")
+        typer.echo(f"error: {message[:1].lower() + message[1:]}{where}", err=True)
+        sys.exit(getattr(err, "exit_code", EXIT_USER_ERROR))
+    except typer.Abort:  # Ctrl-C at a prompt
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except SynthclError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USER_ERROR)
