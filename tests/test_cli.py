@@ -275,7 +275,7 @@ def test_auto_resume_refuses_another_recipe_a_diverged_run_and_other_flags(monke
     (["eval"], "missing argument 'run_dir'", "eval --help"),
     (["recipes", "show"], "missing argument 'name'", "recipes show --help"),
     (["trian"], "no such command 'trian'", "synthcl --help"),
-    (["eval", "RUN", "--label-fractions"], "option '--label-fractions' requires an argument", None),
+    (["eval", "RUN", "--label-fractions"], "option '--label-fractions' requires an argument", "synthcl --help"),
 ])
 def test_usage_errors_are_one_line_too(args, fragment, see, monkeypatch, capsys, tmp_path):
     """A mistyped command line gets the same one-line error as a bad recipe (with the help to read), not the
@@ -283,8 +283,30 @@ def test_usage_errors_are_one_line_too(args, fragment, see, monkeypatch, capsys,
     args = [str(tmp_path) if a == "RUN" else a for a in args]
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert_one_line_error(code, err, fragment)
-    assert see is None or err.rstrip().endswith(f"{see})"), err  # "(see PROGRAM ... --help)"
+    assert err.rstrip().endswith(f"{see})"), err  # "(see PROGRAM ... --help)"
     assert out == ""
+
+
+@pytest.mark.parametrize("args", [[], ["recipes"]])
+def test_a_bare_command_shows_its_help_and_no_error_line(args, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "Usage:" in out + err and "error:" not in out + err
+
+
+@pytest.mark.parametrize("raised, line, status", [(KeyboardInterrupt, "interrupted", 130),
+                                                  (EOFError, "error: unexpected EOFError", 1)])
+def test_ctrl_c_in_a_command_says_interrupted_and_a_stray_eof_is_a_crash(raised, line, status, monkeypatch, capsys):
+    """Typer turns a Ctrl-C inside a command into status 130 and an EOFError into its Abort: the first is said
+    as "interrupted", the second is the bug it is (one line, the traceback in a log)."""
+    import synthcl.config
+
+    def raise_it():
+        raise raised()
+
+    monkeypatch.setattr(synthcl.config, "bundled_recipes", raise_it)
+    code, _, err = run_cli(monkeypatch, capsys, "recipes", "list")
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == status and len(lines) == 1 and lines[0].startswith(line), err
 
 
 def test_help_and_a_commands_own_refusal_keep_their_exit_status(monkeypatch, capsys, tmp_path):

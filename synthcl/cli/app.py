@@ -331,18 +331,13 @@ def main() -> None:
         # Not standalone: a usage error (an unknown option, a bad choice, a missing argument) comes here and is
         # said in one line like every other error, instead of the framework's box of several.
         status = app(standalone_mode=False)
-        if isinstance(status, int) and status != 0:  # typer.Exit(code): _fail's refusals
-            sys.exit(status)
     except typer.TyperException as err:  # the command line's own usage errors
-        ctx = getattr(err, "ctx", None)
-        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        message = " ".join((err.format_message() if hasattr(err, "format_message") else str(err)).split())
-        message = message.replace("Value error, ", "").rstrip(".")
-        typer.echo(f"error: {message[:1].lower() + message[1:]}{where}", err=True)
+        line = _usage_line(err)
+        if line:  # empty after a bare `synthcl` or `synthcl recipes`: the help was the answer
+            typer.echo(line, err=True)
         sys.exit(getattr(err, "exit_code", EXIT_USER_ERROR))
-    except typer.Abort:  # Ctrl-C at a prompt
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except typer.Abort as err:  # typer's word for an EOFError: not the user's doing
+        _crash(err.__cause__ or err)
     except SynthclError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USER_ERROR)
@@ -375,6 +370,20 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
     except Exception as err:  # anything else is a bug: one line and the traceback in a file, never on screen
         _crash(err)
+    if status == 130:  # typer's exit status for a Ctrl-C inside a command
+        typer.echo("interrupted", err=True)
+    if isinstance(status, int) and status != 0:  # typer.Exit(code): _fail's refusals, Ctrl-C
+        sys.exit(status)
+
+
+def _usage_line(err: Exception) -> str:
+    """``error: no such option: -q (see synthcl generate --help)`` for a usage error; "" where it says nothing."""
+    message = " ".join((err.format_message() if hasattr(err, "format_message") else str(err)).split())
+    message = message.replace("Value error, ", "").rstrip(".")
+    if not message:
+        return ""
+    ctx = getattr(err, "ctx", None)
+    return f"error: {message[:1].lower()}{message[1:]} (see {'synthcl' if ctx is None else ctx.command_path} --help)"
 
 
 def _crash(err: BaseException) -> None:
