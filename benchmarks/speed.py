@@ -193,7 +193,7 @@ def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
     out = ["## S1: plain SimCLR step throughput, synthcl vs lightly", ""]
     if "skipped" in res:
         return out + [f"Skipped: {res['skipped']}", ""]
-    verdict = "met" if res["ratio"] >= res["target"] else "NOT met"
+    verdict = "met" if res["ratio"] >= TARGETS["S1"] else "NOT met"
     out += [
         f"Batch {res['batch']} real images, 2 views each; images/s counts real images. lightly {res['lightly_version']}.",
         "",
@@ -218,10 +218,10 @@ def report_s1(res: dict, args: argparse.Namespace) -> list[str]:
                [[r["name"], fmt(r["median_ms"], 1), fmt(r["images_per_s"]), fmt(r["images_per_s_min"]),
                  fmt(r["images_per_s_max"]), f"{r['speedup']:.2f}x"] for r in res["rows"]]),
         "",
-        f"Target synthcl >= {res['target']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
+        f"Target synthcl >= {TARGETS['S1']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
         f">= {STRETCH['S1']:.1f}x: {'met' if res['ratio'] >= STRETCH['S1'] else 'not met'}; in bf16 "
         f"{res['ratio_bf16']:.2f}x." if "ratio_bf16" in res else
-        f"Target synthcl >= {res['target']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
+        f"Target synthcl >= {TARGETS['S1']:.1f}x lightly (fp32): **{verdict}** ({res['ratio']:.2f}x); stretch "
         f">= {STRETCH['S1']:.1f}x: {'met' if res['ratio'] >= STRETCH['S1'] else 'not met'}; bf16 not timed "
         "(this CPU emulates it: S3).",
         "",
@@ -384,7 +384,8 @@ def report_s2(res: dict, args: argparse.Namespace) -> list[str]:
     rows = []
     for r in res["rows"]:
         split = r["split_ms"]
-        target = "" if r["target"] is None else (f"<= {r['target']}x: " + ("met" if r["ratio"] <= r["target"] else "NOT met"))
+        bound = s2_target(r["name"])  # this version's target, also for a saved run rendered again
+        target = "" if bound is None else (f"<= {bound}x: " + ("met" if r["ratio"] <= bound else "NOT met"))
         rows.append([r["name"], str(r["rounds"]), fmt(r["median_ms"], 1), f"{r['ratio']:.2f}x",
                      *[fmt(1e3 * split[p], 1) if p in split else "-" for p in PHASES], target])
     out += table(["mode", "rounds", "median ms/step", "vs its plain step (median of per-round ratios)", *[f"{p} ms" for p in PHASES], "target"], rows)
@@ -544,7 +545,7 @@ def step_breakdown(step: SynthclStep, repeats: int) -> dict:
 def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]:
     ops = ", ".join(f"{k.split('.')[-1] if '.' in k else k} {v / 1e9:.2f}" for k, v in
                     sorted(res["by_op"].items(), key=lambda kv: -kv[1]))
-    verdict = "met" if res["fraction"] >= res["target"] else "NOT met"
+    verdict = "met" if res["fraction"] >= TARGETS["S3"] else "NOT met"
     out = [
         "## S3: distance to the machine's limit", "",
         (f"FLOPs of one learner forward+backward on {res['views']} views (batch 256 x 2, channels_last, fp32), "
@@ -560,7 +561,7 @@ def report_s3(res: dict, args: argparse.Namespace, s1: dict | None) -> list[str]
             ["fraction of matmul rate", f"{100 * res['fraction']:.0f}%"],
         ]),
         "",
-        f"Target >= {100 * res['target']:.0f}% on CPU: **{verdict}**; stretch >= {100 * STRETCH['S3']:.0f}%: "
+        f"Target >= {100 * TARGETS['S3']:.0f}% on CPU: **{verdict}**; stretch >= {100 * STRETCH['S3']:.0f}%: "
         f"{'met' if res['fraction'] >= STRETCH['S3'] else 'not met'}.",
     ]
     if res.get("encoders"):
@@ -1046,15 +1047,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def current_targets(results: dict[str, Any]) -> None:
-    """Set each section's target from TARGETS (a report rendered again judges by this version's targets)."""
-    for section in ("S1", "S3"):
-        if section in results:
-            results[section]["target"] = TARGETS[section]
-    for row in results.get("S2", {}).get("rows", []):
-        row["target"] = s2_target(row["name"])
-
-
 def render(payload: dict[str, Any], args: argparse.Namespace, rendered_again: str | None = None) -> list[str]:
     """The report's lines from a run's payload (what main() measured, as saved in the .json)."""
     results, durations, only = payload["results"], payload["durations_s"], args.only
@@ -1096,14 +1088,19 @@ def render_again(path: Path) -> None:
     """``--render-from``: the report of a saved run again, from its .json, with this version's targets."""
     payload = json.loads(path.read_text())
     args = parse_args(shlex.split(payload["command"])[2:])
+    args.rounds, args.steps, args.warmup = payload["rounds"], payload["steps"], payload["warmup"]
     results = payload["results"]
+    s2 = results.get("S2")
+    if s2 is not None and ("adjacent" not in s2["raw"] or (not payload["quick"] and s2["steps"] % S2_CYCLE)):
+        print(f"error: {path}: its S2 was timed by an earlier method than this version's report describes "
+              "(no adjacent plain step, or another cycle); run the benchmark again instead", file=sys.stderr)
+        sys.exit(2)
     # Runs saved before these fields were: all images of the training set, every section's time, and bf16
     # rows timed exactly where S1 has them.
     payload.setdefault("images", FASHION_MNIST_TRAIN)
     payload.setdefault("total_s", sum(payload["durations_s"].values()))
     payload.setdefault("time_bf16", any(r["name"].endswith("bf16") for r in results.get("S1", {}).get("rows", [])))
     payload["json_name"] = str(path)
-    current_targets(results)
     out = path.with_suffix(".md")
     atomic_write_text(out, "\n".join(render(payload, args, rendered_again=time.strftime("%Y-%m-%d", time.gmtime()))))
     print(f"wrote {out}")
@@ -1139,7 +1136,7 @@ def main() -> None:
             results[name] = runners[name]()
             durations[name] = time.perf_counter() - start
 
-    command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if "S4" in results and results["S4"].get("image_rows"):
         plot_path = args.out.with_name(args.out.stem + "-scaling.png")

@@ -174,7 +174,7 @@ def test_a_saved_run_is_rendered_again_with_the_current_targets_and_the_same_fig
     current one (<= 2.0x), from its own measurements; nothing is timed."""
     row = {"name": "joint diffusion", "median_ms": 653.3, "ratio": 2.47, "rounds": 2, "reference": "none",
            "target": 2.5, "split_ms": {"augment": 0.0055, "synthesize": 0.1919, "learner": 0.3836, "generator": 0.0704}}
-    s2 = {"rows": [row], "notes": [], "steps": 4, "warmup_steps": 0}
+    s2 = {"rows": [row], "notes": [], "steps": 8, "raw": {"seconds_per_step": {}, "phases": {}, "adjacent": {}}}
     payload = {"command": "python benchmarks/speed.py --only S2 --rounds 2 --diffusion-rounds 2",
                "machine": {"date": "2026-11-30 10:00 UTC", "cpu": "some CPU"}, "rounds": 2, "steps": 4, "warmup": 1,
                "quick": False, "durations_s": {"S2": 100.0}, "results": {"S2": s2}}
@@ -188,3 +188,20 @@ def test_a_saved_run_is_rendered_again_with_the_current_targets_and_the_same_fig
     assert "653.3" in line and "2.47x" in line and line.endswith("| <= 2.0x: NOT met |")
     assert "- Command: `python benchmarks/speed.py --only S2 --rounds 2 --diffusion-rounds 2`" in text
     assert "- Date: 2026-11-30 10:00 UTC" in text and "Report written again on" in text
+
+
+def test_a_saved_run_of_an_older_s2_method_is_not_rendered_again(speed, tmp_path, monkeypatch, capsys):
+    """A run whose S2 had no adjacent plain step cannot be described by this version's S2 wording: refused, and
+    its report left as it was."""
+    payload = {"command": "python benchmarks/speed.py --only S2", "machine": {}, "rounds": 2, "steps": 4, "warmup": 1,
+               "quick": False, "durations_s": {"S2": 1.0},
+               "results": {"S2": {"rows": [], "notes": [], "steps": 4, "raw": {"seconds_per_step": {}, "phases": {}}}}}
+    saved = tmp_path / "speed-old.json"
+    saved.write_text(json.dumps(payload))
+    (tmp_path / "speed-old.md").write_text("the old report")
+    monkeypatch.setattr("sys.argv", ["speed.py", "--render-from", str(saved)])
+    with pytest.raises(SystemExit) as exit_:
+        speed.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "earlier method" in err and "run the benchmark again" in err
+    assert (tmp_path / "speed-old.md").read_text() == "the old report"
