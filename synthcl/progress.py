@@ -45,8 +45,10 @@ class ProgressBar:
         self._progress: Progress | None = None
         if enabled:
             console = console or Console(stderr=True)
-            # Counts, rate and times are never cut: the name takes what they and a short bar leave.
-            name_width = max(8, min(len(description), console.width - 58))
+            # Counts, rate and times are never cut: the name takes what they and a short bar leave. Reserved:
+            # done/total, a rate of up to 7 digits, elapsed, "eta", remaining, a 6-column bar, the gaps.
+            reserve = (2 * len(str(total)) + 1) + len(f"9,999,999 {unit}/s") + (7 + 3 + 7) + 6 + 7
+            name_width = max(8, min(len(description), console.width - reserve))
             self._progress = _TwoLines(
                 TextColumn("[bold]{task.description}",
                            table_column=Column(width=name_width, no_wrap=True, overflow="ellipsis")),

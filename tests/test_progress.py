@@ -10,17 +10,23 @@ from rich.console import Console
 from synthcl.progress import ProgressBar
 
 
-@pytest.mark.parametrize("width", [60, 80, 160])
-def test_counts_times_and_every_loss_are_shown_whole_at_any_width(width):
+@pytest.mark.parametrize("width, total", [(60, 3000), (80, 3000), (80, 250000), (160, 250000)])
+def test_counts_times_and_every_loss_are_shown_whole_in_narrow_terminals(width, total, monkeypatch):
+    import synthcl.progress
+
+    clock = iter([0.0, 10.0])  # the bar's start, then the update ten seconds on: a fixed rate
+    monkeypatch.setattr(synthcl.progress.time, "perf_counter", lambda: next(clock))
     out = io.StringIO()
-    bar = ProgressBar(3000, "train fashion-mnist-scarce-joint", unit="img", rate_per_step=256,
+    bar = ProgressBar(total, "train fashion-mnist-scarce-joint", unit="img", rate_per_step=256,
                       console=Console(file=out, width=width))
     with bar:
-        bar.update(1500, loss=5.3051, d_loss=1.7094, g_loss=0.23578)
+        bar.update(total // 2, loss=5.3051, d_loss=1.7094, g_loss=0.23578)
     lines = out.getvalue().rstrip("\n").splitlines()
     assert all(len(line) <= width for line in lines)
     head, fields = lines[-2], lines[-1]
-    assert "1500/3000" in head and " img/s " in head and "eta" in head and head.startswith("train f")
+    rate = f"{total // 2 * 256 / 10:,.0f} img/s"
+    assert f"{total // 2}/{total}" in head and rate in head and head.startswith("train f")
+    assert head.rstrip().endswith("eta -:--:--"), head  # the time left, whole
     assert fields.split() == ["loss", "5.305", "d_loss", "1.709", "g_loss", "0.2358"]
     if width >= 100:
         assert "train fashion-mnist-scarce-joint " in head  # the name is cut only where the line needs it
