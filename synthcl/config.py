@@ -452,9 +452,9 @@ def _check_finite(node: Any, prefix: str = "") -> None:
             _check_finite(value, key + ".")
         values = value if isinstance(value, list) else [value]
         for v in values:
-            _check(not (isinstance(v, float) and not math.isfinite(v)), f"{key} must be a finite number, got {value}")
-            _check(not (isinstance(v, float) and abs(v) > FLOAT32_MAX),
-                   f"{key} must lie within float32's range (|x| <= 3.4e38), got {value}")
+            if isinstance(v, float):
+                _check(math.isfinite(v), f"{key} must be a finite number, got {value}")
+                _check(abs(v) <= FLOAT32_MAX, f"{key} must lie within float32's range (|x| <= 3.4e38), got {value}")
 
 
 def _check_augment(a: AugmentConfig, prefix: str) -> None:

@@ -70,20 +70,16 @@ def test_random_override_values_never_crash(finished_run, monkeypatch, capsys, o
     assert tree_digest(run) == before
 
 
-def test_random_override_values_train_a_step_or_are_refused_in_one_line(tmp_path, monkeypatch, capsys, one_thread):
-    """120 more draws, each into a fresh folder and trained for one step: a value that passes validation must
-    then build and train the run (learner, optimizer, schedule, augmentation, synthesis), not fail on the way
-    with a traceback. `train.compile` is left out (compiling takes minutes on a CPU; test_speed_knobs covers it)."""
+def train_each_for_a_step(draws, tmp_path, monkeypatch, capsys) -> int:
+    """Each (key, value) into a fresh folder, trained for one step: accepted means trained (a checkpoint), refused
+    means one line. Returns how many trained."""
     import yaml
     from conftest import TINY
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
-    keys = [k for k in recipe_keys() if k not in ("train.compile", "train.max_steps")]
-    rng = random.Random(1)
     trained = 0
-    for i in range(120):
-        key, value = rng.choice(keys), rng.choice(VALUES)
+    for i, (key, value) in enumerate(draws):
         out = tmp_path / f"run{i}"
         code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), f"{key}={value}", "train.max_steps=1",
                                "--out", str(out), "--quiet")
@@ -92,28 +88,29 @@ def test_random_override_values_train_a_step_or_are_refused_in_one_line(tmp_path
             assert (out / "checkpoints" / "last").is_dir(), (key, value)
         else:
             assert_refused_in_one_line(code, err)
-    assert trained >= 10  # the draws did reach training
+    return trained
+
+
+# train.compile is left out (compiling takes minutes on a CPU; test_speed_knobs covers it).
+TRAINABLE_KEYS = [k for k in recipe_keys() if k not in ("train.compile", "train.max_steps")]
+
+
+def test_random_override_values_train_a_step_or_are_refused_in_one_line(tmp_path, monkeypatch, capsys, one_thread):
+    """120 more draws, each into a fresh folder and trained for one step: a value that passes validation must
+    then build and train the run (learner, optimizer, schedule, augmentation, synthesis), not fail on the way
+    with a traceback."""
+    rng = random.Random(1)
+    draws = [(rng.choice(TRAINABLE_KEYS), rng.choice(VALUES)) for _ in range(120)]
+    assert train_each_for_a_step(draws, tmp_path, monkeypatch, capsys) >= 10  # the draws did reach training
 
 
 def test_extreme_numbers_for_every_key_train_a_step_or_are_refused_in_one_line(tmp_path, monkeypatch, capsys,
                                                                                one_thread):
-    """Every key with the largest, the smallest and a 40-digit number, each into a fresh folder and trained for
-    one step: accepted means trainable (before, train.epochs=1e308 and a 40-digit weight decay passed
-    validation and failed in the schedule and the optimizer with a traceback)."""
-    import yaml
-    from conftest import TINY
-
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
-    keys = [k for k in recipe_keys() if k not in ("train.compile", "train.max_steps")]
-    for i, (key, value) in enumerate((k, v) for k in keys for v in ("1e308", "1e-300", "9" * 40)):
-        out = tmp_path / f"run{i}"
-        code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), f"{key}={value}", "train.max_steps=1",
-                               "--out", str(out), "--quiet")
-        if code == 0:
-            assert (out / "checkpoints" / "last").is_dir(), (key, value)
-        else:
-            assert_refused_in_one_line(code, err)
+    """Every key with the largest, the smallest and a 40-digit number: accepted means trainable (before,
+    train.epochs=1e308 and a 40-digit weight decay passed validation and failed in the schedule and the
+    optimizer with a traceback)."""
+    draws = [(k, v) for k in TRAINABLE_KEYS for v in ("1e308", "1e-300", "9" * 40)]
+    train_each_for_a_step(draws, tmp_path, monkeypatch, capsys)
 
 
 DAMAGE = {

@@ -24,9 +24,10 @@ def test_knn_votes_are_weighted_by_similarity_not_counted():
     assert knn_accuracy(bank, labels, query, truth, k=3, temperature=0.1) == 100.0
     # A temperature so high that every weight is about 1: the two class-0 neighbours win.
     assert knn_accuracy(bank, labels, query, truth, k=3, temperature=1e4) == 0.0
-    # k=1 with the cosine (not the Euclidean distance): a far point on the query's ray is its nearest.
-    far = torch.tensor([[10.0, 0.0], _at(20)])
-    assert knn_accuracy(far, torch.tensor([1, 0]), torch.tensor([_at(0)]), truth, k=1) == 100.0
+    # k=1 by cosine, not by raw dot product or distance: [10, 10] (45 degrees, cosine 0.71, dot product 10) is
+    # farther in angle than the unit vector at 20 degrees (cosine 0.94).
+    bank = torch.tensor([[10.0, 10.0], _at(20)])
+    assert knn_accuracy(bank, torch.tensor([0, 1]), torch.tensor([_at(0)]), truth, k=1) == 100.0
 
 
 def test_knn_skips_unlabelled_images_and_scores_every_query():

@@ -123,16 +123,19 @@ def test_a_diverging_warm_up_of_an_overwrite_keeps_the_old_run_and_names_no_remo
     assert not (run / ".replaced").exists() and not (run / ".lock").exists()
 
 def test_ctrl_c_at_the_first_learner_step_of_an_overwrite_checkpoints_first_so_resume_works(
-        tmp_path, one_thread, tiny_recipe, monkeypatch):
-    """The learner loop checkpoints before it stops, which drops the old run: its --resume advice holds."""
-    run = train(tiny_recipe(), out=tmp_path / "run", quiet=True)
+        tmp_path, one_thread, tiny_recipe, monkeypatch, capsys):
+    """The learner loop checkpoints before it stops, which drops the old run: its --resume advice holds, pasted
+    as it is (the run's own recipe.yaml, paths quoted: this folder has a space)."""
+    run = train(tiny_recipe(), out=tmp_path / "a run", quiet=True)
     new = tiny_recipe(optim={"lr": 0.01})
     with monkeypatch.context() as patch:
         stop_at_the_first_step(patch)
-        with pytest.raises(RunInterrupted, match=r"interrupted after step 1; continue with: .* --resume"):
+        with pytest.raises(RunInterrupted, match=r"interrupted after step 1; continue with: .* --resume") as stopped:
             train(new, out=run, overwrite=True, quiet=True)
     assert not (run / ".replaced").exists() and status_of(run)["status"] == "interrupted"
-    train(new, out=run, resume=True, quiet=True)
+    advice = str(stopped.value).split("continue with: ")[1]
+    assert advice == f"synthcl train {shlex.quote(str(run / 'recipe.yaml'))} --out {shlex.quote(str(run))} --resume"
+    assert run_cli(monkeypatch, capsys, *shlex.split(advice)[1:], "-q")[0] == 0
     assert status_of(run)["status"] == "completed" and "lr: 0.01" in (run / "recipe.yaml").read_text()
 
 

@@ -220,7 +220,8 @@ def pretrain_in_run(recipe: Recipe, run_dir: Path, *, quiet: bool, stop: StopReq
                 ) from None
             write_status(run_dir, "interrupted", 0)
             what = f"interrupted{stop.by()} while warming the generator up"
-            raise RunInterrupted(f"{what}; continue with: {train_command(run_dir, '--resume')}", what=what) from None
+            again = train_command(run_dir, "--resume", recipe=run_dir / RECIPE_FILE)  # written before the warm-up
+            raise RunInterrupted(f"{what}; continue with: {again}", what=what) from None
         except (Exception, SystemExit) as err:  # SystemExit: sys.exit() in a --code file
             # The warm-up's own run.json says failed; the run's must not stay "pretraining generator".
             if _kept_by_overwrite(run_dir) is None:

@@ -21,7 +21,7 @@ from synthcl.errors import ConfigError, DataError, RunDirError, SynthclError, Tr
 from synthcl.flags import FirstStep, Reduce, earliest
 from synthcl.io import atomic_write_text, read_json_object
 from synthcl.progress import ProgressBar
-from synthcl.rundir import LAST, METRICS_FILE, STATUS_FILE, train_command, write_status
+from synthcl.rundir import LAST, METRICS_FILE, RECIPE_FILE, STATUS_FILE, train_command, write_status
 
 # t_*_s: seconds spent in each phase over the logging interval (host time: on a GPU, without a
 # synchronisation, this is the time to issue the work).
@@ -338,8 +338,9 @@ class RunSession:
             self.last_good = done
             self.write_status("interrupted", done)
             what = f"interrupted{self.stop.by()} after step {done}"
-            raise RunInterrupted(f"{what}; continue with: {train_command(self.run_dir, '--resume')}",
-                                 what=what)
+            # recipe.yaml is the run's resolved recipe (overrides included), written before its first step.
+            again = train_command(self.run_dir, "--resume", recipe=self.run_dir / RECIPE_FILE)
+            raise RunInterrupted(f"{what}; continue with: {again}", what=what)
 
     def _stop_agreed(self, done: int) -> bool:
         # Every process must stop after the same step: a lone rank at the checkpoint barrier while the
