@@ -257,6 +257,34 @@ def test_a_run_whose_warm_up_another_process_trains_is_left_to_it(quality, tmp_p
     assert quality.run_grid(args, tmp_path) == []
 
 
+def test_a_warm_up_stopped_under_one_mode_is_finished_by_another(quality, tmp_path, one_thread, monkeypatch):
+    """Modes share a warm-up whatever their synthesis settings: one stopped part-way under `static-pairs` (a
+    SIGTERM in its second of 3 steps) is continued by the speed-knobs variant of `joint` (it was refused:
+    "cannot resume ... with a different recipe (changed: synthesis.critic_every, ...)")."""
+    import os
+    import signal
+
+    from test_scarce import gan_shrink
+
+    from synthcl.training.session import RunInterrupted
+    from synthcl.training.step import GeneratorStep
+
+    first = quality.run_spec("static-pairs", "gan", 0.5, 0, gan_shrink())
+    second = quality.run_spec("joint", "gan", 0.5, 0, [*gan_shrink(), "synthesis.generator_every=4",
+                                                         "synthesis.critic_every=2"])
+    warm = quality.warm_folder(*first, tmp_path)[1]
+    assert quality.warm_folder(*second, tmp_path)[1] == warm  # one warm-up for both
+    step = GeneratorStep.__call__
+    with monkeypatch.context() as patch:
+        patch.setattr(GeneratorStep, "__call__", lambda self, index, real: (
+            index == 1 and os.kill(os.getpid(), signal.SIGTERM), step(self, index, real))[1])
+        with pytest.raises(RunInterrupted):
+            quality.warm_generator(*first, tmp_path)
+    assert quality.run_state(warm)[0] == "resume"
+    assert quality.warm_generator(*second, tmp_path) == warm
+    assert quality.run_state(warm)[0] == "done" and (warm / "generator" / "config.json").is_file()
+
+
 def test_every_generator_row_counts_its_warm_up_minutes_even_when_shared(quality, tmp_path, monkeypatch):
     """Static and joint share a warm-up; each row's minutes include it, as a self-contained run pays it."""
     import argparse
