@@ -506,8 +506,8 @@ def spread(rows: list[dict], metric: str, row: tuple[float, str], other: tuple[f
 
 
 def targets(rows: list[dict], metric: str) -> list[str]:
-    """The method's comparisons beyond `none` on ``metric``, for every joint row: above static, above
-    matched-views and above the best plain run in its minutes (each paired by seed, beyond 2 sd), at f against
+    """The method's comparisons beyond `none` on ``metric``, for every joint row: above the controls (static,
+    static-pairs, matched-views) and above the best plain run in its minutes (each paired by seed, beyond 2 sd), at f against
     plain SimCLR at 2f (2x data efficiency), and the diffusion generator against the GAN. A comparison whose
     other side was not trained in the row's regime (its variant's rows, in its precision) says so: a target
     is never dropped from the list for want of a measurement."""
@@ -527,7 +527,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
         generator = mode[len("joint"):]  # "" (the GAN) or " (diffusion)"
         # The default regime: no variant, or knobs alone on top of the recipes' defaults (no plain twin).
         default = variant is None or (f, f"none [{base_variant}]") not in stats
-        for control in ("static", "matched-views"):
+        for control in ("static", "static-pairs", "matched-views"):
             # the control of the same generator trained with the same change (the same variant, or its base
             # without the knobs); the recipe's own control only in the default regime
             own = f"{control}{generator}"

@@ -482,6 +482,7 @@ def test_rows_of_another_learner_precision_are_never_paired_with_these(quality):
     # bf16 control, which it says; the fp32 rows take no part in the bf16 joint's lines either
     assert [line for line in quality.targets(rows, "few") if "[fp32]" in line] == [
         "- f=0.01: joint [fp32] - static: not measured (no fp32 row of `static [fp32]` at f=0.01)",
+        "- f=0.01: joint [fp32] - static-pairs: not measured (no fp32 row of `static-pairs [fp32]` at f=0.01)",
         "- f=0.01: joint [fp32] - matched-views: not measured (no fp32 row of `matched-views [fp32]` at f=0.01)",
         "- f=0.01: joint [fp32] (1.0 min) - the best plain run in no more minutes, none [fp32] = +2.33 (target > 0): "
         "met (paired by seed +2.50, +2.00, +2.50, sd 0.29); plain measured at none [fp32] 1.0 min",
