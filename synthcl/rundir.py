@@ -41,14 +41,13 @@ RUN_PATTERNS = ("eval*.json", "eval*.png")
 RESUMABLE_CHANGES = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every")}
 
 
-
-
 def train_command(run_dir: Path | str, flag: str = "", recipe: Path | str = "...") -> str:
     """``synthcl train RECIPE --out RUN FLAG``, the command a message tells the user to run, with its paths
     quoted for a POSIX shell so that it can be pasted as it is (``...``: the recipe the run was started with)."""
     words = ["synthcl", "train", recipe if recipe == "..." else shlex.quote(str(recipe)),
              "--out", shlex.quote(str(run_dir))]
     return " ".join(words + ([flag] if flag else []))
+
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds a run to read (evaluate, resume, report): a recipe and a status file."""
