@@ -142,10 +142,6 @@ def warm_generator(recipe: str, overrides: list[str], runs: Path) -> Path:
     """The generator warm-up of a generator-mode run, trained once and shared by the modes that match."""
     sub, out = warm_folder(recipe, overrides, runs)
     if not (out / "generator" / "config.json").is_file():
-        if run_state(out)[0] == "resume":
-            # Stopped part-way by another mode's command: its recipe.yaml carries that mode's synthesis section,
-            # which a generator run never reads (the folder's name leaves it out), so it continues as it began.
-            sub = read_run_recipe(out)
         print(f"generator warm-up {out.name}: {train_or_resume(sub, out):.0f} s", flush=True)
     return out
 

@@ -119,13 +119,17 @@ def _recipe_differences(old: dict, new: dict, prefix: tuple[str, ...] = ()) -> l
 
 
 def _refuse_another_recipe(run_dir: Path, recipe: Recipe, hint: str) -> Recipe:
-    """The run's stored recipe, if ``recipe`` may continue it (only :data:`RESUMABLE_CHANGES` differ).
+    """The run's stored recipe, if ``recipe`` may continue it (only :data:`RESUMABLE_CHANGES` differ, and for
+    a generator run the synthesis section, which it never reads: modes that share a warm-up may finish it).
 
     Raises:
         ConfigError: naming the settings that differ.
     """
     stored = read_run_recipe(run_dir)
-    diffs = _recipe_differences(recipe_to_dict(stored), recipe_to_dict(recipe))
+    old, new = recipe_to_dict(stored), recipe_to_dict(recipe)
+    if stored.stage == recipe.stage == "generator":  # a generator run never reads the synthesis section
+        old.pop("synthesis"), new.pop("synthesis")
+    diffs = _recipe_differences(old, new)
     if diffs:
         raise ConfigError(
             f"cannot resume {run_dir} with a different recipe (changed: {', '.join(diffs[:5])}); {hint}"

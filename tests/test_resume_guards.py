@@ -12,6 +12,7 @@ import pytest
 from conftest import merge
 from test_cli import assert_one_line_error, run_cli, tree_digest
 
+from synthcl.errors import ConfigError
 from synthcl.training import train
 from synthcl.training.session import RunInterrupted, StopRequest
 
@@ -257,3 +258,17 @@ def test_a_pretrained_generator_that_does_not_exist_says_to_train_it(tmp_path, o
     code, _, err = run_cli(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"), "-q")
     assert_one_line_error(code, err, f"generator.pretrained: {(tmp_path / 'gan').resolve()} does not exist; train a "
                                      "generator there")
+
+
+def test_a_generator_run_resumes_under_another_synthesis_section_but_not_another_generator(tmp_path, one_thread,
+                                                                                          tiny_recipe):
+    """A generator run never reads `synthesis`: resuming it with other synthesis settings (another mode's
+    recipe sharing its warm-up) continues it; a changed generator setting is still another run."""
+    stage = merge(GENERATOR_STAGE, {"train": {"max_steps": 4, "checkpoint_every": 2}})
+    run = tmp_path / "gen"
+    train(tiny_recipe(**merge(stage, {"train": {"max_steps": 2}})), out=run, quiet=True)
+    other = merge(stage, {"synthesis": {"ratio": 0.5, "generator_every": 4}})
+    with pytest.raises(ConfigError, match=r"changed: generator.lr"):
+        train(tiny_recipe(**merge(other, {"generator": {"lr": 0.5}})), out=run, resume=True, quiet=True)
+    train(tiny_recipe(**other), out=run, resume=True, quiet=True)
+    assert status_of(run)["status"] == "completed" and status_of(run)["step"] == 4
