@@ -165,13 +165,22 @@ def fmt(x: float, digits: int = 0) -> str:
 # -- S1 -------------------------------------------------------------------------------------------------
 
 
+def lightly_missing() -> str | None:
+    """Why S1 cannot run here (lightly, its peer, is not installed), or None."""
+    try:
+        import lightly  # noqa: F401
+    except ImportError as err:
+        return f"lightly is not installed ({err}); pip install -e '.[bench]'"
+    return None
+
+
 def section_s1(args: argparse.Namespace, data: Data, log: Callable) -> dict:
     r = recipe(QUICKSTART)
-    try:
-        lightly_step = LightlyStep(r, data)
-    except ImportError as err:
-        return {"skipped": f"lightly is not installed ({err}); pip install -e '.[bench]'"}
+    if (missing := lightly_missing()) is not None:
+        return {"skipped": missing}
     import lightly
+
+    lightly_step = LightlyStep(r, data)
 
     # fp32 (the target's comparison) and bf16 autocast on both sides, each against lightly at its precision.
     cases = {"synthcl": SynthclStep(r, data), "lightly": lightly_step}
@@ -1111,6 +1120,12 @@ def main() -> None:
     if args.render_from is not None:
         return render_again(args.render_from)
     args.time_bf16 = bf16_timed(args.bf16)
+    # A measurement (not --quick) with S1 in it is refused before anything is timed where lightly is missing:
+    # the report it writes would replace the last one's S1 with a line saying it was skipped.
+    if "S1" in args.only and not args.quick and (missing := lightly_missing()) is not None:
+        print(f"error: S1 compares synthcl with lightly, and {missing} (or leave S1 out: --only ...)",
+              file=sys.stderr)
+        sys.exit(2)
 
     started = time.perf_counter()
 

@@ -205,3 +205,20 @@ def test_a_saved_run_of_an_older_s2_method_is_not_rendered_again(speed, tmp_path
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "earlier method" in err and "run the benchmark again" in err
     assert (tmp_path / "speed-old.md").read_text() == "the old report"
+
+
+def test_a_measurement_without_lightly_is_refused_before_anything_is_timed(speed, tmp_path, monkeypatch, capsys):
+    """Without lightly, a full run would write a report whose S1 only says it was skipped over the last one: it
+    stops first, in one line, and the report is left as it was. --quick (a smoke check) still skips S1."""
+    monkeypatch.setattr(speed, "lightly_missing", lambda: "lightly is not installed (No module named 'lightly')")
+    monkeypatch.setattr(speed, "Data", lambda *a, **k: pytest.fail("timed something"))
+    report = tmp_path / "speed.md"
+    report.write_text("the last report")
+    monkeypatch.setattr("sys.argv", ["speed.py", "--rounds", "4", "--out", str(report)])
+    with pytest.raises(SystemExit) as exit_:
+        speed.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "lightly is not installed" in err
+    assert report.read_text() == "the last report"
+    args = speed.parse_args(["--quick", "--only", "S1"])
+    assert speed.section_s1(args, None, print) == {"skipped": "lightly is not installed (No module named 'lightly')"}
