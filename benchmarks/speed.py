@@ -650,6 +650,7 @@ def section_s4(args: argparse.Namespace, data: Data, log: Callable) -> dict:
                  for n, t in proc_times.items() if t]
     return {"batch_rows": batch_rows, "raw": timed, "proc_rows": proc_rows, "proc_raw": proc_times,
             "proc_rounds": proc_rounds, "errors": errors, "image_rows": scaling_image_size(args, log),
+            "last_level_cache_bytes": last_level_cache_bytes(),
             "preset_rows": scaling_generator(args, data, log)}
 
 
@@ -671,6 +672,44 @@ def scaling_image_size(args: argparse.Namespace, log: Callable) -> list[dict]:
     sec = timed["seconds_per_step"]
     return [{"size": size, "pixels": size * size, "none_ms": 1e3 * med(sec[f"none {size}"]),
              "joint_ms": 1e3 * med(sec[f"joint {size}"])} for size in sizes]
+
+
+def largest_activation_bytes(size: int) -> int:
+    """fp32 bytes of the quickstart learner's largest intermediate tensor over one plain step's views (2 x
+    the batch) at this image size: one image through the learner under forward hooks, scaled to the step."""
+    from synthcl.training.build import build_learner
+
+    r = recipe(QUICKSTART, [f"data.image_size={size}"])
+    learner = build_learner(r, 1)
+    largest = 0
+
+    def seen(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output[0].numel())
+
+    hooks = [m.register_forward_hook(seen) for m in learner.modules() if not any(m.children())]
+    try:
+        with torch.no_grad():
+            learner.eval().embed(torch.zeros(1, 1, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 4 * largest * 2 * r.train.batch_size
+
+
+def last_level_cache_bytes() -> int | None:
+    """The CPU's last-level cache as Linux reports it for CPU 0 (sysfs), or None where it cannot be read."""
+    levels: dict[int, int] = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        if size.rstrip("KMG").isdigit():
+            levels[level] = max(levels.get(level, 0), int(size.rstrip("KMG")) * unit)
+    return levels[max(levels)] if levels else None
 
 
 def scaling_generator(args: argparse.Namespace, data: Data, log: Callable) -> list[dict]:
@@ -739,14 +778,36 @@ def report_s4(res: dict, args: argparse.Namespace) -> list[str]:
     if len(rows) >= 2:
         px = [r["pixels"] for r in rows]
         k_none, k_joint = fitted_exponent(px, [r["none_ms"] for r in rows]), fitted_exponent(px, [r["joint_ms"] for r in rows])
+        # Where the growth departs from linear: the exponent between neighbouring sizes, beside the size of the
+        # learner's largest activation (computed from the recipe, not timed) and the CPU's last-level cache.
+        local = [math.nan] + [math.log(b["none_ms"] / a["none_ms"]) / math.log(b["pixels"] / a["pixels"])
+                              for a, b in zip(rows, rows[1:])]
+        act = [largest_activation_bytes(r["size"]) / 2**20 for r in rows]
         out += ["", ("Image size: Fashion-MNIST resized, batch 256, the quickstart learner (its global pooling keeps "
                      "the head's size fixed) and the joint GAN step (generator and critic built for that size), "
-                     "interleaved."), "",
-                *table(["image size", "pixels", "none ms/step", "joint gan ms/step", "joint / none"],
+                     "interleaved. *k from the smaller size*: the plain step's exponent between this size and the "
+                     "one above it in the table; *largest activation*: the learner's largest intermediate tensor "
+                     "over the step's 512 views, fp32 (from the recipe's shapes, not timed)."), "",
+                *table(["image size", "pixels", "none ms/step", "joint gan ms/step", "joint / none",
+                        "none: k from the smaller size", "largest activation, MiB"],
                        [[f"{r['size']} px", str(r["pixels"]), fmt(r["none_ms"], 1), fmt(r["joint_ms"], 1),
-                         f"{r['joint_ms'] / r['none_ms']:.2f}x"] for r in rows]),
+                         f"{r['joint_ms'] / r['none_ms']:.2f}x", "-" if math.isnan(k) else f"{k:.2f}", f"{mb:.1f}"]
+                        for r, k, mb in zip(rows, local, act)]),
                 "", f"Fitted exponents (ms ~ pixels^k): none k = {k_none:.2f}, joint gan k = {k_joint:.2f}; "
                     "k = 1 is linear in the pixels."]
+        if len(rows) >= 3:
+            i = max(range(1, len(rows)), key=lambda j: local[j])
+            cache = res.get("last_level_cache_bytes")
+            where = (f"between {rows[i - 1]['size']} and {rows[i]['size']} px (k = {local[i]:.2f}), where its largest "
+                     f"activation grows from {act[i - 1]:.1f} to {act[i]:.1f} MiB; ")
+            if not cache:
+                why = "this run did not record the CPU's last-level cache."
+            elif act[i - 1] <= cache / 2**20 < act[i]:
+                why = (f"the CPU's last-level cache is {cache / 2**20:.0f} MiB (sysfs, CPU 0), so at the larger size "
+                       "that tensor no longer fits in it and the pass moves it through memory.")
+            else:
+                why = f"the CPU's last-level cache ({cache / 2**20:.0f} MiB, sysfs, CPU 0) is not crossed there."
+            out += ["The plain step departs most from linear " + where + why]
         batches = [int(r["name"].split()[-1]) for r in res["batch_rows"]]
         if len(batches) >= 2:
             k_batch = fitted_exponent(batches, [r["median_ms"] for r in res["batch_rows"]])

@@ -222,3 +222,23 @@ def test_a_measurement_without_lightly_is_refused_before_anything_is_timed(speed
     assert report.read_text() == "the last report"
     args = speed.parse_args(["--quick", "--only", "S1"])
     assert speed.section_s1(args, None, print) == {"skipped": "lightly is not installed (No module named 'lightly')"}
+
+
+def test_s4_names_where_the_image_size_growth_departs_from_linear_and_the_cache_it_crosses(speed):
+    """The neighbouring-size exponents, the learner's largest activation per size (from its shapes) and the
+    sentence that puts the steepest stretch beside the last-level cache, or says the run did not record one."""
+    rows = [{"size": s, "pixels": s * s, "none_ms": ms, "joint_ms": 3 * ms}
+            for s, ms in ((28, 150.0), (32, 200.0), (64, 1400.0), (96, 3000.0))]
+    res = {"batch_rows": [], "proc_rows": [], "proc_rounds": 1, "errors": {}, "image_rows": rows,
+           "last_level_cache_bytes": 32 * 2**20}
+    args = speed.parse_args(["--rounds", "2"])
+    text = "\n".join(speed.report_s4(res, args))
+    assert "| 64 px | 4096 | 1,400.0 | 4,200.0 | 3.00x | 1.40 | 128.0 |" in text
+    assert "| 28 px | 784 | 150.0 | 450.0 | 3.00x | - | 24.5 |" in text
+    assert ("departs most from linear between 32 and 64 px (k = 1.40), where its largest activation grows from "
+            "32.0 to 128.0 MiB; the CPU's last-level cache is 32 MiB") in text and "no longer fits" in text
+    res["last_level_cache_bytes"] = 512 * 2**20
+    assert "(512 MiB, sysfs, CPU 0) is not crossed there" in "\n".join(speed.report_s4(res, args))
+    del res["last_level_cache_bytes"]
+    assert "did not record the CPU's last-level cache" in "\n".join(speed.report_s4(res, args))
+    assert speed.largest_activation_bytes(64) == 4 * speed.largest_activation_bytes(32)
