@@ -1,5 +1,5 @@
 # synthcl: `make demo` trains and evaluates the scarce-regime recipes (plain and joint); `make test` runs the test suite.
-# `make docs` builds the documentation site strictly into site/.
+# `make docs` builds the documentation site strictly into site/; `make bench` runs the speed benchmark (lightly installed).
 # All build .venv first (torch and torchvision pinned to the pair this project is tested with).
 
 PYTHON ?= python3
@@ -8,13 +8,14 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.synthcl-installed
 DOCS_STAMP := $(VENV)/.synthcl-docs-installed
+BENCH_STAMP := $(VENV)/.synthcl-bench-installed
 DEMO_RUN ?= runs/fashion-mnist-scarce
 DEMO_JOINT_RUN ?= runs/fashion-mnist-scarce-joint
 # Overrides for both demo runs, e.g. DEMO_SET=train.precision=no on a CPU without bf16 instructions
 # (the run warns at its start where bf16 is emulated; the speed benchmark's S3 measures what it costs).
 DEMO_SET ?=
 
-.PHONY: venv data demo test docs lint clean
+.PHONY: venv data demo test docs bench lint clean
 
 venv: $(STAMP)
 
@@ -61,6 +62,15 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The speed benchmark as benchmarks/results/speed.md was made (lightly, its S1 peer, installed first); about 15
+# minutes on 2 cores. Run it alone: anything else on the machine changes the timings.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]' $(TORCH_PINS)
+	touch $(BENCH_STAMP)
+
+bench: data $(BENCH_STAMP)
+	$(PY) benchmarks/speed.py --rounds 4 --diffusion-rounds 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check synthcl generators tests benchmarks docs/snippets
