@@ -20,10 +20,11 @@ def describe() -> dict[str, str]:
                     break
     except OSError:
         pass
-    from synthcl.training.build import native_bf16_cpu
+    from synthcl.training.build import bf16_instructions
 
-    native = native_bf16_cpu()
-    bf16 = "native bf16" if native else "bf16 emulated" if native is False else "bf16 support unknown"
+    found = bf16_instructions()
+    bf16 = (f"native bf16 ({', '.join(found)})" if found else "bf16 emulated" if found is not None
+            else "bf16 support unknown")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
         load = f"{os.getloadavg()[0]:.2f}"

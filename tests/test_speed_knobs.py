@@ -73,14 +73,16 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert native_bf16_cpu("processor\t: 0\n") is None  # cannot tell: no warning
 
 
-@pytest.mark.parametrize("native, said", [(False, "bf16 emulated"), (True, "native bf16"),
-                                          (None, "bf16 support unknown")])
-def test_every_benchmark_names_the_cpus_bf16_support(benchmark_script, monkeypatch, native, said):
-    """A result's machine line says whether its CPU has bf16 instructions: the bf16 rows' speed, and the time a
-    bf16 recipe takes, depend on it by an order of magnitude."""
+@pytest.mark.parametrize("cpuinfo, said", [(X86_NO_BF16, "bf16 emulated"), (X86_BF16, "native bf16 (AVX512-BF16)"),
+                                           (X86_AMX, "native bf16 (AMX-BF16)"), (ARM_BF16, "native bf16 (BF16)"),
+                                           ("processor\t: 0\n", "bf16 support unknown")])
+def test_every_benchmark_names_the_cpus_bf16_support(benchmark_script, monkeypatch, cpuinfo, said):
+    """A result's machine line says whether its CPU has bf16 instructions, and which: the bf16 rows' speed,
+    and the time a bf16 recipe takes, depend on it by an order of magnitude."""
     from synthcl.training import build
 
-    monkeypatch.setattr(build, "native_bf16_cpu", lambda cpuinfo=None: native)
+    real = build.bf16_instructions
+    monkeypatch.setattr(build, "bf16_instructions", lambda text=None: real(cpuinfo))
     assert benchmark_script("_machine").describe()["cpu"].endswith(f"torch threads, {said}")
 
 

@@ -120,6 +120,17 @@ def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
     than in fp32, and an AMD EPYC with AVX2 only about ten times slower, where an AMD EPYC with AVX512-BF16
     ran faster in bf16.
     """
+    found = bf16_instructions(cpuinfo)
+    return None if found is None else bool(found)
+
+
+# The bf16 instruction sets of /proc/cpuinfo's flags (x86) or Features (Arm) that torch's CPU kernels use.
+_BF16_FLAGS = {"flags": {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}, "Features": {"bf16": "BF16"}}
+
+
+def bf16_instructions(cpuinfo: str | None = None) -> list[str] | None:
+    """The bf16 instruction sets this CPU lists (``["AVX512-BF16"]``, ``[]`` for none), or None where it
+    cannot tell (see :func:`native_bf16_cpu`)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -127,11 +138,10 @@ def native_bf16_cpu(cpuinfo: str | None = None) -> bool | None:
             return None
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        flags = set(value.split())
-        if key.strip() == "flags":  # x86
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-        if key.strip() == "Features":  # Arm
-            return "bf16" in flags
+        names = _BF16_FLAGS.get(key.strip())
+        if names is not None:
+            flags = set(value.split())
+            return [name for flag, name in names.items() if flag in flags]
     return None
 
 
