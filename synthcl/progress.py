@@ -14,7 +14,8 @@ from rich.text import Text
 
 class _TwoLines(Progress):
     """The bar, counts and times on one line and the fields (losses) on the next, so that neither is cut
-    short in an 80-column terminal: a long recipe name gives way first (ellipsis), then the bar."""
+    short in an 80-column terminal: a long recipe name gives way first (ellipsis), then the bar, which is
+    left out where it would leave the name under eight columns."""
 
     def get_renderables(self) -> Iterable[RenderableType]:
         yield self.make_tasks_table(self.tasks)
@@ -47,12 +48,14 @@ class ProgressBar:
             console = console or Console(stderr=True)
             # Counts, rate and times are never cut: the name takes what they and a short bar leave. Reserved:
             # done/total, a rate of up to 7 digits, elapsed, "eta", remaining, a 6-column bar, the gaps.
-            reserve = (2 * len(str(total)) + 1) + len(f"9,999,999 {unit}/s") + (7 + 3 + 7) + 6 + 7
-            name_width = max(8, min(len(description), console.width - reserve))
+            bar_width = 6 + 1  # its narrowest, and its gap
+            reserve = (2 * len(str(total)) + 1) + len(f"9,999,999 {unit}/s") + (7 + 3 + 7) + bar_width + 6
+            bar = console.width - reserve >= 8
+            name_width = max(8, min(len(description), console.width - reserve + (0 if bar else bar_width)))
             self._progress = _TwoLines(
                 TextColumn("[bold]{task.description}",
                            table_column=Column(width=name_width, no_wrap=True, overflow="ellipsis")),
-                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=6)),
+                *([BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=6))] if bar else []),
                 MofNCompleteColumn(table_column=Column(no_wrap=True)),
                 TextColumn("{task.fields[rate]}", table_column=Column(no_wrap=True)),
                 TimeElapsedColumn(table_column=Column(no_wrap=True)),

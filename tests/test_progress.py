@@ -10,7 +10,7 @@ from rich.console import Console
 from synthcl.progress import ProgressBar
 
 
-@pytest.mark.parametrize("width, total", [(60, 3000), (80, 3000), (80, 250000), (160, 250000)])
+@pytest.mark.parametrize("width, total", [(60, 3000), (60, 250000), (80, 3000), (80, 250000), (160, 250000)])
 def test_counts_times_and_every_loss_are_shown_whole_in_narrow_terminals(width, total, monkeypatch):
     import synthcl.progress
 
@@ -28,6 +28,7 @@ def test_counts_times_and_every_loss_are_shown_whole_in_narrow_terminals(width, 
     assert f"{total // 2}/{total}" in head and rate in head and head.startswith("train f")
     assert head.rstrip().endswith("eta -:--:--"), head  # the time left, whole
     assert fields.split() == ["loss", "5.305", "d_loss", "1.709", "g_loss", "0.2358"]
+    assert ("━" in head) == (width >= 80)  # the bar gives way where the name would get under 8 columns
     if width >= 100:
         assert "train fashion-mnist-scarce-joint " in head  # the name is cut only where the line needs it
 
