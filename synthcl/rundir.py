@@ -128,7 +128,7 @@ def _refuse_another_recipe(run_dir: Path, recipe: Recipe, hint: str) -> Recipe:
     stored = read_run_recipe(run_dir)
     old, new = recipe_to_dict(stored), recipe_to_dict(recipe)
     if stored.stage == recipe.stage == "generator":  # a generator run never reads the synthesis section
-        old.pop("synthesis"), new.pop("synthesis")
+        del old["synthesis"], new["synthesis"]
     diffs = _recipe_differences(old, new)
     if diffs:
         raise ConfigError(
