@@ -604,6 +604,42 @@ def coverage(rows: list[dict], scarce: float) -> list[str]:
     return lines
 
 
+# The grid's modes differ from one another by one thing at a time; each contrast, paired by seed, measures it.
+SCHEMES = [
+    ("static-pairs", "static", "pairs of the frozen generator and its partner, not its samples as instances"),
+    ("hard-samples", "static", "the generator trained against the learner (realism and hard term), not frozen"),
+    ("hard-pairs", "static-pairs", "the generator trained for realism, its partner following it, not both frozen"),
+    ("joint", "hard-pairs", "the hard term, on top of the trained pairs"),
+    ("joint", "hard-samples", "the pairs, on top of the hard samples"),
+]
+
+
+def effect(d: list[float]) -> str:
+    """The verdict on paired differences ``d``: three seeds before a call, then an effect (either sign) only
+    beyond two standard deviations of them."""
+    if len(d) < 3:
+        return "one seed" if len(d) == 1 else f"{len(d)} seeds: too few to call"
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    return "an effect (beyond 2 sd)" if abs(mean) > 2 * sd else "no effect (within 2 sd)"
+
+
+def schemes(rows: list[dict], metric: str, scarce: float) -> list[str]:
+    """The contrasts of :data:`SCHEMES` at the scarce fraction in every regime (the default, each variant)
+    and for each generator where both sides hold a seed in common: what each part of the method adds."""
+    groups = by_seed([r for r in rows if r["fraction"] == scarce])
+    # What follows the mode in a row's label (" (diffusion)", " [fp32]", ""): its generator and regime.
+    modes = {mode for contrast in SCHEMES for mode in contrast[:2]}
+    suffixes = sorted({n[len(mode):] for (_, n) in groups for mode in modes if n == mode or n.startswith(mode + " ")})
+    lines = []
+    for suffix in suffixes:
+        for mode, other, what in SCHEMES:
+            d = paired_differences(groups, metric, (scarce, mode + suffix), (scarce, other + suffix))
+            if d:
+                lines.append(f"| {mode + suffix} - {other + suffix} | {what} | {statistics.mean(d):+.2f} ± "
+                             f"{statistics.stdev(d) if len(d) > 1 else 0.0:.2f} | {signed(d)} | {effect(d)} |")
+    return lines
+
+
 def paired(rows: list[dict], metric: str) -> list[str]:
     """Each run minus `none` at the same seed: same learner initialisation, image subset, batches and
     augmentations, so the spread that every mode shares cancels."""
@@ -620,13 +656,9 @@ def paired(rows: list[dict], metric: str) -> list[str]:
                 continue
             sd = statistics.stdev(d) if len(d) > 1 else 0.0
             mean = statistics.mean(d)
-            beyond = len(d) > 1 and mean > 2 * sd
             target = base.startswith("none") and not name.startswith("none")
-            verdict = ("target met" if target and mean >= 2.0 and beyond else
-                       "an effect (beyond 2 sd)" if beyond or (len(d) > 1 and mean < -2 * sd) else "no effect (within 2 sd)")
             # A standard deviation of two differences says little about the spread: three seeds before a call.
-            if len(d) < 3:
-                verdict = "one seed" if len(d) == 1 else f"{len(d)} seeds: too few to call"
+            verdict = "target met" if target and len(d) >= 3 and mean >= 2.0 and mean > 2 * sd else effect(d)
             lines.append(f"| {f} | {name} - {base} | {mean:+.2f} ± {sd:.2f} | {signed(d)} | {verdict} |")
     return lines
 
@@ -714,6 +746,12 @@ def report(all_rows: list[dict], floor_rows: list[dict], commands: list[str], ma
     lines += ["", f"## The grid at f={scarce}: seeds trained", "",
               "Each mode of the ablation grid in each regime (the recipes' defaults, and each variant trained for "
               "plain SimCLR and another mode alike); `-`: not trained in that regime.", "", *coverage(all_rows, scarce)]
+    parts = schemes(all_rows, PRIMARY, scarce)
+    if parts:
+        lines += ["", f"## The method one part at a time (primary metric, f={scarce}, paired by seed)", "",
+                  "Two modes of the grid that differ by one part of the method, the first minus the second at the same "
+                  "seed; an effect only beyond 2 sd of the differences, after three seeds.", "",
+                  "| comparison | what the first adds | mean ± sd | per seed | verdict |", "|---|---|---:|---|---|", *parts]
     goals = targets(all_rows, PRIMARY)
     if goals:
         lines += ["", "## Targets (primary metric, means over seeds)", "", *goals]

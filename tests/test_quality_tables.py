@@ -640,3 +640,30 @@ def test_the_runs_table_shows_each_seed_s_primary_figure(quality):
     assert "| 0.01 | joint | 83.33 ± 1.04 | 70.00 ± 0.00 | 80.00 ± 0.00 | 1.0 | 3 | " \
            "82.50 (seed 0), 83.00 (seed 1), 84.50 (seed 2) |" in report
     assert "| 0.01 | static | 80.50 ± 0.71 | 70.00 ± 0.00 | 80.00 ± 0.00 | 1.0 | 2 | 80.00 (seed 0), 81.00 (seed 2) |" in report
+
+
+def test_the_method_one_part_at_a_time_pairs_modes_that_differ_by_one_part(quality):
+    f = 0.005
+    rows = [row("static", s, 76.0, fraction=f) for s in range(3)]
+    rows += [row("hard-samples", s, x, fraction=f) for s, x in enumerate([77.5, 77.0, 77.3])]  # +1.5, +1.0, +1.3
+    rows += [row("static-pairs", s, x, fraction=f) for s, x in enumerate([77.0, 78.0, 76.0])]
+    rows += [row("joint", 0, 77.2, fraction=f)]
+    # another regime and another generator: paired only within their own
+    rows += [row("static", 0, 70.0, fraction=f, variant="fp32"), row("hard-samples", 0, 70.5, fraction=f, variant="fp32")]
+    rows += [row("static", 0, 60.0, fraction=f, generator="diffusion"),
+             row("hard-samples", 0, 59.0, fraction=f, generator="diffusion")]
+    rows += [row("hard-pairs", 0, 99.0, fraction=0.01), row("static-pairs", 0, 0.0, fraction=0.01)]  # not scarce
+    lines = quality.schemes(rows, "few", f)
+    assert lines == [
+        "| static-pairs - static | pairs of the frozen generator and its partner, not its samples as instances "
+        "| +1.00 ± 1.00 | +1.00, +2.00, +0.00 | no effect (within 2 sd) |",
+        "| hard-samples - static | the generator trained against the learner (realism and hard term), not frozen "
+        "| +1.27 ± 0.25 | +1.50, +1.00, +1.30 | an effect (beyond 2 sd) |",
+        "| joint - hard-samples | the pairs, on top of the hard samples | -0.30 ± 0.00 | -0.30 | one seed |",
+        "| hard-samples (diffusion) - static (diffusion) | the generator trained against the learner (realism and hard "
+        "term), not frozen | -1.00 ± 0.00 | -1.00 | one seed |",
+        "| hard-samples [fp32] - static [fp32] | the generator trained against the learner (realism and hard term), "
+        "not frozen | +0.50 ± 0.00 | +0.50 | one seed |",
+    ]
+    report = "\n".join(quality.report(rows, [], [], {}, f, setup="x"))
+    assert "## The method one part at a time" in report and "| hard-samples - static |" in report
