@@ -626,10 +626,11 @@ def effect(d: list[float]) -> str:
 def schemes(rows: list[dict], metric: str, scarce: float) -> list[str]:
     """The contrasts of :data:`SCHEMES` at the scarce fraction in every regime (the default, each variant)
     and for each generator where both sides hold a seed in common: what each part of the method adds."""
-    groups = by_seed([r for r in rows if r["fraction"] == scarce])
+    scarce_rows = [r for r in rows if r["fraction"] == scarce]
+    groups = by_seed(scarce_rows)
     # What follows the mode in a row's label (" (diffusion)", " [fp32]", ""): its generator and regime.
     modes = {mode for contrast in SCHEMES for mode in contrast[:2]}
-    suffixes = sorted({n[len(mode):] for (_, n) in groups for mode in modes if n == mode or n.startswith(mode + " ")})
+    suffixes = sorted({label(r)[len(r["mode"]):] for r in scarce_rows if r["mode"] in modes})
     lines = []
     for suffix in suffixes:
         for mode, other, what in SCHEMES:
