@@ -106,6 +106,14 @@ def train(
     from synthcl.training import train as run_training
 
     load_code(code or [])
+    if auto_resume and not (resume or overwrite):  # the flags' clash is the library's one-line error
+        from synthcl.rundir import auto_resume_plan
+        from synthcl.training.loop import resolve_run
+
+        resolved, run_dir = resolve_run(recipe, out, overrides or [])
+        if auto_resume_plan(run_dir, resolved) == "finished":  # nothing trained, so nothing "written to"
+            typer.echo(f"{run_dir} holds this recipe's finished run: nothing to train, nothing written", err=True)
+            return
     run_dir = run_training(recipe, out=out, resume=resume, overwrite=overwrite, quiet=quiet, overrides=overrides or [],
                            auto_resume=auto_resume)
     _end_distributed()

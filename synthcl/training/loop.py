@@ -75,11 +75,7 @@ def train(
             message is one line and every file already written stays intact.
     """
     # 1. Recipe and run directory.
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
-    elif overrides:
-        recipe = recipe_from_dict(_override_dict(recipe, overrides))
-    run_dir = Path(out) if out is not None else Path("runs") / recipe.name
+    recipe, run_dir = resolve_run(recipe, out, overrides)
     if auto_resume:
         if resume or overwrite:
             raise RunDirError("--auto-resume excludes --resume and --overwrite")
@@ -95,6 +91,16 @@ def train(
 
             return train_generator(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
         return _train_learner(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def resolve_run(recipe: Recipe | str | Path, out: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, Path]:
+    """The recipe a :func:`train` call resolves (overrides applied) and the run directory it writes."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        recipe = recipe_from_dict(_override_dict(recipe, overrides))
+    return recipe, Path(out) if out is not None else Path("runs") / recipe.name
 
 
 def _train_learner(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
