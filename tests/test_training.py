@@ -189,7 +189,21 @@ def test_whichever_went_wrong_first_is_blamed(tmp_path):
         assert json.loads((tmp_path / "run.json").read_text())["diverged_at"] == 5
 
 
-def test_a_second_ctrl_c_aborts_but_one_passed_on_by_a_launcher_does_not(monkeypatch):
+@pytest.fixture
+def python_signal_handlers():
+    """Python's own SIGINT and SIGTERM handlers for the test, whatever this process inherited (a job started
+    with `&` from a non-interactive shell begins with SIGINT ignored), and the inherited ones back after."""
+    import signal
+
+    inherited = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in inherited.items():
+        signal.signal(sig, handler)
+
+
+def test_a_second_ctrl_c_aborts_but_one_passed_on_by_a_launcher_does_not(monkeypatch, python_signal_handlers):
     import os
     import signal
 
