@@ -575,7 +575,7 @@ def targets(rows: list[dict], metric: str) -> list[str]:
             if comparable(f, name, f, twin):
                 gap = stats[(f, twin)][0] - mean
                 lines.append(f"- f={f}: {twin} - {name} (gan) = {gap:+.2f} (target >= 0): "
-                             f"{verdict(gap >= 0, stats[(f, twin)][2], n)}")
+                             f"{verdict(gap >= 0, stats[(f, twin)][2], n)}{spread(rows, metric, (f, twin), (f, name))}")
             elif variant is None or (f, f"none [{variant}]") in stats:
                 lines.append(f"- f={f}: {twin} - {name} (gan): {missing(f, name, twin)}")
         elif generator == " (diffusion)":

@@ -533,8 +533,21 @@ def test_a_target_without_its_other_side_says_not_measured(quality):
     knobs = rows + [row("joint", s, 83.0, variant="knobs") for s in range(3)]
     assert not any("[knobs]" in line and "diffusion" in line for line in quality.targets(knobs, "few"))
     twin = knobs + [row("joint", s, 84.0, generator="diffusion", variant="knobs") for s in range(3)]
-    assert ("- f=0.01: joint (diffusion) [knobs] - joint [knobs] (gan) = +1.00 (target >= 0): met"
-            in quality.targets(twin, "few"))
+    assert ("- f=0.01: joint (diffusion) [knobs] - joint [knobs] (gan) = +1.00 (target >= 0): met "
+            "(paired by seed +1.00, +1.00, +1.00, sd 0.00: beyond 2 sd)" in quality.targets(twin, "few"))
+
+
+def test_the_diffusion_target_lists_its_paired_differences(quality):
+    """With three seeds on both sides, diffusion against the GAN shows its differences paired by seed and
+    whether they lie beyond two standard deviations, as the data-efficiency target does."""
+    rows = [row("none", s, 80.0) for s in range(3)] + [row("joint", s, 82.0 + s) for s in range(3)]
+    rows += [row("joint", s, v, generator="diffusion") for s, v in enumerate((81.0, 83.5, 83.0))]
+    assert ("- f=0.01: joint (diffusion) - joint (gan) = -0.50 (target >= 0): not met "
+            "(paired by seed -1.00, +0.50, -1.00, sd 0.87: within 2 sd: neither side shown better)"
+            in quality.targets(rows, "few"))
+    two = [r for r in rows if r["seed"] < 2]  # two seeds: the difference of the means alone
+    assert ("- f=0.01: joint (diffusion) - joint (gan) = -0.25 (target >= 0): too few seeds to call (2 on one side)"
+            in quality.targets(two, "few"))
 
 
 def test_data_efficiency_meets_the_plain_run_trained_with_the_same_change(quality):
