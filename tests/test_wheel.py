@@ -59,7 +59,7 @@ def test_wheel_holds_synthcl_alone_with_generators_and_recipes_inside(installed)
     assert "gan = synthcl.generators.gan:GAN" in text and "synthcl = synthcl.cli:main" in text
 
 
-def test_wheel_states_its_license_as_an_spdx_expression(installed):
+def test_wheel_states_its_license_as_an_spdx_expression_and_carries_its_text(installed):
     # The license as a TOML table is deprecated by setuptools, with a date after which builds stop; the SPDX
     # expression is what the core metadata carries instead.
     (wheel,) = installed.parent.glob("synthcl-*.whl")
@@ -67,6 +67,10 @@ def test_wheel_states_its_license_as_an_spdx_expression(installed):
     (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
     headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "License-Expression: Apache-2.0" in headers, [h for h in headers if h.startswith("License")]
+    # ... and the license's text travels with it (the expression names a license, the file grants it).
+    assert "License-File: LICENSE" in headers, [h for h in headers if h.startswith("License")]
+    (text,) = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+    assert "Apache License" in archive.read(text).decode() and "Version 2.0" in archive.read(text).decode()
 
 
 def test_every_module_imports_from_the_installed_wheel(installed, tmp_path):
